@@ -1,0 +1,477 @@
+"""The hybrid decoding engine: serial and parallel decoding in one sequence and one KV cache (DESIGN.md s. 4).
+
+Every fed token gets a cache slot with a position id and an owner (main, or (group, branch)). Masks for the new
+tokens are built from the slot tables with the same `visibility` rule training uses, so cache order never
+matters and nothing is ever re-prefilled.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from aspd.attention import layer_windows, mask_dtype, model_mask
+from aspd.engine.sampling import SamplingParams, sample, stream_generator
+from aspd.engine.text import Detokenizer
+from aspd.layout import MAIN, MaskMode, PositionPlanner, PosMode, visibility
+from aspd.markup import Branch, Document, Group, Serial, flatten
+from aspd.sample import Message, end_of_turn_ids, prompt_ids
+from aspd.tokens import ControlIds, add_control_tokens, branch_prefix_ids
+
+Stream = tuple[int, int]  # (MAIN, MAIN) or (group, branch)
+MAIN_STREAM: Stream = (MAIN, MAIN)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_new_tokens: int = 512  # sampled tokens, all streams together
+    max_branches: int = 8  # per group; extra titles are dropped
+    max_branch_tokens: int = 256  # per branch, its prefix and <|/branch|> included
+    max_groups: int = 8
+    max_title_tokens: int = 24
+
+
+@dataclass(frozen=True)
+class Event:
+    """One step of output. kind: token | open (a group starts) | close (a group ends) | done."""
+
+    kind: str
+    stream: Stream = MAIN_STREAM
+    token: int | None = None
+    text: str = ""
+    titles: tuple[str, ...] = ()
+
+
+@dataclass
+class Stats:
+    tokens: int = 0  # sampled tokens (engine-inserted prefixes and <|/para|> excluded)
+    parallel_tokens: int = 0  # sampled inside branches
+    forwards: int = 0
+    seconds: float = 0.0
+    parallel_seconds: float = 0.0
+    prefill_tokens: int = 0
+    branches: list[int] = field(default_factory=list)  # branch count of each group
+    visible_tokens: int = 0  # the visible answer re-tokenized (control tokens excluded)
+
+    @property
+    def groups(self) -> int:
+        return len(self.branches)
+
+    @property
+    def dp(self) -> float:
+        return self.parallel_tokens / self.tokens if self.tokens else 0.0
+
+    @property
+    def abn(self) -> float:
+        return sum(self.branches) / len(self.branches) if self.branches else 0.0
+
+    @property
+    def tps(self) -> float:
+        return self.visible_tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def parallel_tps(self) -> float:
+        return self.parallel_tokens / self.parallel_seconds if self.parallel_seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tokens": self.tokens, "visible_tokens": self.visible_tokens, "parallel_tokens": self.parallel_tokens,
+            "seconds": round(self.seconds, 4), "parallel_seconds": round(self.parallel_seconds, 4),
+            "tps": round(self.tps, 2), "parallel_tps": round(self.parallel_tps, 2), "dp": round(self.dp, 4),
+            "abn": round(self.abn, 3), "groups": self.groups, "forwards": self.forwards,
+            "prefill_tokens": self.prefill_tokens,
+        }
+
+
+@dataclass
+class Generation:
+    doc: Document  # the answer as markup
+    text: str  # visible answer (flattened)
+    raw: str  # token-level text, control tokens included, in flattened order
+    stats: Stats
+    finish_reason: str  # stop | length
+    answer_ids: list[int]  # flattened order
+    # Debug/verification: each fed slot as (id, position, group, branch), and its logits when recorded.
+    slots: list[tuple[int, int, int, int]] = field(default_factory=list)
+    logits: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass
+class _Branch:
+    title: str
+    ids: list[int]  # everything fed for this branch so far (prefix included)
+    body: list[int]
+    start: int
+    pending: int | None = None
+    done: bool = False
+
+
+class HybridEngine:
+    """Decode a causal LM with adaptive serial-parallel structure. Works with any HF model taking 4D masks."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        mask_mode: MaskMode | str = MaskMode.INDEP,
+        pos_mode: PosMode | str = PosMode.SAME_SEQ,
+        predict_scale: float = 10.0,
+        predicted_length: int = 20,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.ctrl: ControlIds = add_control_tokens(tokenizer)
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            raise ValueError("the model has no rows for the control tokens; load an ASPD model or call "
+                             "aspd.tokens.add_control_tokens(tokenizer, model) first")
+        self.mask_mode = MaskMode(mask_mode)
+        self.pos_mode = PosMode(pos_mode)
+        self.predict_scale = predict_scale
+        self.predicted_length = predicted_length
+        self.windows = layer_windows(model.config)
+        self.mask_dtype = mask_dtype(model)
+        self.device = next(model.parameters()).device
+        self.eot = set(end_of_turn_ids(tokenizer))
+        if tokenizer.eos_token_id is not None:
+            self.eot.add(int(tokenizer.eos_token_id))
+        self.vocab = model.get_output_embeddings().weight.shape[0]
+        c = self.ctrl
+        self._ban_serial = self._ban([c.branch, c.branch_end, c.para_end, c.title_end])
+        self._ban_branch = self._ban([c.title, c.title_end, c.para, c.para_end, c.branch])
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, device: str | None = None, dtype: str = "auto",
+                        attn: str = "sdpa", **kw: Any) -> HybridEngine:
+        from aspd.loading import load_model, read_aspd_config
+
+        model, tok = load_model(name_or_path, device=device, dtype=dtype, attn=attn)
+        meta = read_aspd_config(name_or_path)
+        kw.setdefault("mask_mode", meta.get("mask_mode", MaskMode.INDEP.value))
+        kw.setdefault("pos_mode", meta.get("pos_mode", PosMode.SAME_SEQ.value))
+        return cls(model, tok, **kw)
+
+    def _ban(self, ids: Sequence[int]) -> torch.Tensor:
+        m = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
+        m[list(ids)] = True
+        return m
+
+    # ------------------------------------------------------------------ public API
+
+    def prompt_ids(self, prompt: str | Sequence[Message], *, chat: bool = True) -> list[int]:
+        if isinstance(prompt, str):
+            if not chat:
+                return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+            prompt = [{"role": "user", "content": prompt}]
+        return prompt_ids(self.tokenizer, prompt)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt: str | Sequence[Message] | Sequence[int],
+        *,
+        mode: str = "hybrid",
+        sampling: SamplingParams | None = None,
+        limits: Limits | None = None,
+        answer_prefix: Sequence[int] = (),
+        on_event: Callable[[Event], None] | None = None,
+        record: bool = False,
+        chat: bool = True,
+    ) -> Generation:
+        """Answer a prompt (text, chat messages, or token ids). mode: hybrid | serial.
+
+        `answer_prefix` ids are fed as if the model had produced them (forced structure for tests and demos).
+        `record` keeps every slot and its logits for verification.
+        """
+        if mode not in ("hybrid", "serial"):
+            raise ValueError(f"mode must be 'hybrid' or 'serial', not {mode!r}")
+        if prompt and isinstance(prompt, Sequence) and not isinstance(prompt, str) and isinstance(prompt[0], int):
+            ids = [int(t) for t in prompt]  # type: ignore[union-attr]
+        else:
+            ids = self.prompt_ids(prompt, chat=chat)  # type: ignore[arg-type]
+        if not ids:
+            raise ValueError("empty prompt")
+        run = _Run(self, ids, mode == "hybrid", sampling or SamplingParams(), limits or Limits(),
+                   list(answer_prefix), on_event, record)
+        return run.execute()
+
+
+class _Run:
+    """State of one generation: cache, slot tables, position planner and the output being assembled."""
+
+    def __init__(self, eng: HybridEngine, prompt: list[int], hybrid: bool, sp: SamplingParams, limits: Limits,
+                 forced: list[int], on_event: Callable[[Event], None] | None, record: bool):
+        from transformers import DynamicCache
+
+        self.e, self.prompt, self.hybrid, self.sp, self.lim = eng, prompt, hybrid, sp, limits
+        self.forced, self.on_event, self.record = forced, on_event, record
+        self.cache = DynamicCache()  # every layer keeps every slot; sliding windows live in the mask
+        dev = eng.device
+        self.pos = torch.empty(0, dtype=torch.long, device=dev)
+        self.grp = torch.empty(0, dtype=torch.long, device=dev)
+        self.br = torch.empty(0, dtype=torch.long, device=dev)
+        self.planner = PositionPlanner(eng.pos_mode, predict_scale=eng.predict_scale)
+        self.stats = Stats(prefill_tokens=len(prompt))
+        self.gens: dict[Stream, torch.Generator] = {}
+        self.segments: list[Serial | Group] = []
+        self.serial_ids: list[int] = []  # current run of serial text
+        self.answer_ids: list[int] = []  # flattened order
+        self.main_hist: list[int] = list(prompt)
+        self.slots: list[tuple[int, int, int, int]] = []
+        self.logits: list[torch.Tensor] = []
+        self.detok: dict[Stream, Detokenizer] = {}
+
+    # ---------------------------------------------------------------- plumbing
+
+    def emit(self, ev: Event) -> None:
+        if self.on_event is not None:
+            self.on_event(ev)
+
+    def emit_token(self, stream: Stream, tok: int) -> None:
+        if self.on_event is None:
+            return
+        d = self.detok.setdefault(stream, Detokenizer(self.e.tokenizer))
+        self.emit(Event("token", stream, tok, d.push(tok)))
+
+    def forward(self, ids: list[int], pos: list[int], grp: list[int], br: list[int]) -> torch.Tensor:
+        """Feed tokens (any owners) in one forward; returns their logits [n, V]."""
+        e = self.e
+        dev = e.device
+        n0 = self.pos.numel()
+        t = lambda xs: torch.tensor(xs, dtype=torch.long, device=dev)  # noqa: E731
+        q_pos, q_grp, q_br = t(pos), t(grp), t(br)
+        self.pos = torch.cat([self.pos, q_pos])
+        self.grp = torch.cat([self.grp, q_grp])
+        self.br = torch.cat([self.br, q_br])
+        k_order = torch.arange(self.pos.numel(), device=dev)
+        q_order = k_order[n0:]
+        mask = model_mask(
+            e.windows,
+            lambda w: visibility(q_grp, q_br, q_order, self.grp, self.br, k_order, e.mask_mode,
+                                 q_pos=q_pos, k_pos=self.pos, window=w),
+            e.mask_dtype,
+        )
+        out = e.model(input_ids=t(ids)[None], position_ids=q_pos[None], attention_mask=mask,
+                      past_key_values=self.cache, use_cache=True)
+        self.stats.forwards += 1
+        logits = out.logits[0]
+        if self.record:
+            self.slots.extend(zip(ids, pos, grp, br, strict=True))
+            self.logits.extend(logits.float().cpu())
+        return logits
+
+    def draw(self, logits: torch.Tensor, streams: list[Stream], banned: list[torch.Tensor | None],
+             hist: list[list[int]]) -> list[int]:
+        """Sample one token per stream; forced answer-prefix tokens take precedence on the main stream."""
+        if streams == [MAIN_STREAM] and self.forced:
+            return [self.forced.pop(0)]
+        gens = None
+        if not self.sp.greedy:
+            gens = [self.gens.setdefault(s, stream_generator(self.sp.seed, s, self.e.device)) for s in streams]
+        ban = None
+        if any(b is not None for b in banned):
+            ban = torch.stack([b if b is not None else torch.zeros_like(self.e._ban_serial) for b in banned])
+        history = None
+        if self.sp.repetition_penalty != 1.0:
+            history = [torch.tensor(h, dtype=torch.long, device=self.e.device) for h in hist]
+        return sample(logits, self.sp, gens, history, ban).tolist()
+
+    # ---------------------------------------------------------------- main loop
+
+    def execute(self) -> Generation:
+        e, lim, c = self.e, self.lim, self.e.ctrl
+        t0 = time.perf_counter()
+        n = len(self.prompt)
+        last = self.forward(self.prompt, self.planner.take_main(n), [MAIN] * n, [MAIN] * n)[-1:]
+        titles: list[list[int]] = []
+        in_title: list[int] | None = None
+        title_run: list[int] = []  # title tokens as fed, kept for "treat as text"
+        finish = "length"
+        while self.stats.tokens < lim.max_new_tokens:
+            banned = self.serial_ban(titles, in_title) if self.hybrid else None
+            tok = self.draw(last, [MAIN_STREAM], [banned], [self.main_hist])[0]
+            self.stats.tokens += 1
+            if tok in e.eot:
+                self.flush_serial()
+                self.answer_ids.append(tok)
+                finish = "stop"
+                break
+            if self.hybrid:
+                if in_title is not None:
+                    title_run.append(tok)
+                    if tok == c.title_end:
+                        titles.append(in_title)
+                        in_title = None
+                    else:
+                        in_title.append(tok)
+                elif tok == c.title:
+                    in_title = []
+                    title_run.append(tok)
+                elif tok == c.para and self.valid_titles(titles):
+                    self.emit_token(MAIN_STREAM, tok)
+                    last = self.run_group(self.valid_titles(titles))
+                    titles, title_run = [], []
+                    continue
+                else:
+                    # Text (or a <|para|> without usable titles): pending titles were ordinary text after all.
+                    self.serial_ids.extend(title_run)
+                    titles, title_run = [], []
+                    self.serial_ids.append(tok)
+            else:
+                self.serial_ids.append(tok)
+            self.answer_ids.append(tok)
+            self.main_hist.append(tok)
+            self.emit_token(MAIN_STREAM, tok)
+            last = self.forward([tok], self.planner.take_main(1), [MAIN], [MAIN])[-1:]
+        else:
+            self.serial_ids.extend(title_run)
+        self.flush_serial()
+        self.stats.seconds = time.perf_counter() - t0
+        doc = Document(tuple(self.segments))
+        text = flatten(doc)
+        self.stats.visible_tokens = len(e.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+        raw = e.tokenizer.decode(self.answer_ids, skip_special_tokens=False)
+        self.emit(Event("done"))
+        return Generation(doc, text, raw, self.stats, finish, self.answer_ids, self.slots, self.logits)
+
+    def serial_ban(self, titles: list[list[int]], in_title: list[int] | None) -> torch.Tensor:
+        e, c, lim = self.e, self.e.ctrl, self.lim
+        if in_title is not None:
+            if len(in_title) >= lim.max_title_tokens:
+                return ~e._ban([c.title_end])
+            return e._ban([c.title, c.para, c.branch, c.branch_end, c.para_end, *e.eot])
+        ban = e._ban_serial.clone()
+        if self.stats.groups >= lim.max_groups or len(titles) >= lim.max_branches:
+            ban[c.title] = True
+        if self.stats.groups >= lim.max_groups or len(self.valid_titles(titles)) < 2:
+            ban[c.para] = True
+        return ban
+
+    def valid_titles(self, titles: list[list[int]]) -> list[str]:
+        """Distinct non-empty titles, capped at max_branches; fewer than two means no group."""
+        out: list[str] = []
+        for ids in titles:
+            s = self.e.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            if s and s not in out:
+                out.append(s)
+        out = out[: self.lim.max_branches]
+        return out if len(out) >= 2 else []
+
+    def flush_serial(self) -> None:
+        if self.serial_ids:
+            text = self.e.tokenizer.decode(self.serial_ids, skip_special_tokens=False)
+            if self.segments and isinstance(self.segments[-1], Serial):
+                self.segments[-1] = Serial(self.segments[-1].text + text)
+            else:
+                self.segments.append(Serial(text))
+            self.serial_ids = []
+
+    # ---------------------------------------------------------------- parallel groups
+
+    def run_group(self, titles: list[str]) -> torch.Tensor:
+        """Feed <|para|> and every branch prefix in one forward, decode branches in lockstep, close the group."""
+        e, c = self.e, self.e.ctrl
+        tp = time.perf_counter()
+        g = self.stats.groups
+        self.flush_serial()
+        self.answer_ids.append(c.para)  # the titles went in as they were sampled
+        self.main_hist.append(c.para)
+        self.emit(Event("open", MAIN_STREAM, titles=tuple(titles)))
+        prefixes = [branch_prefix_ids(e.tokenizer, c, t) for t in titles]
+        para_pos = self.planner.take_main(1)
+        guess = [e.predicted_length] * len(titles) if e.pos_mode is PosMode.PREDICT else None
+        starts = self.planner.open_group(len(titles), guess)
+        branches = [_Branch(t, list(p), [], s) for t, p, s in zip(titles, prefixes, starts, strict=True)]
+        ids, pos, grp, br = [c.para], list(para_pos), [MAIN], [MAIN]
+        ends = []
+        for b, p in enumerate(prefixes):
+            ids += p
+            pos += list(range(starts[b], starts[b] + len(p)))
+            grp += [g] * len(p)
+            br += [b] * len(p)
+            ends.append(len(ids) - 1)
+        logits = self.forward(ids, pos, grp, br)[ends]
+        self.sample_branches(g, branches, list(range(len(branches))), logits)
+        self.stats.branches.append(len(branches))
+        while True:
+            live = [b for b, x in enumerate(branches) if not x.done]
+            ids, pos, grp, br = [], [], [], []
+            for b in live:
+                x = branches[b]
+                ids.append(x.pending)
+                pos.append(x.start + len(x.ids))
+                grp.append(g)
+                br.append(b)
+                x.ids.append(x.pending)
+                if x.pending == c.branch_end:
+                    x.done = True
+                else:
+                    x.body.append(x.pending)
+            closing = all(x.done for x in branches)
+            fuse = closing and e.pos_mode is not PosMode.SAME_RE
+            if closing:
+                lengths = [len(x.ids) for x in branches]
+                if e.pos_mode is PosMode.SAME_RE:
+                    re_starts = self.planner.rearranged_starts(lengths)
+                self.planner.close_group(lengths)
+            if fuse:  # <|/para|> rides in the same forward as the last <|/branch|> tokens
+                ids.append(c.para_end)
+                pos += self.planner.take_main(1)
+                grp.append(MAIN)
+                br.append(MAIN)
+            logits = self.forward(ids, pos, grp, br)
+            if not closing:
+                still = [b for b in live if not branches[b].done]
+                rows = [i for i, b in enumerate(live) if not branches[b].done]
+                self.sample_branches(g, branches, still, logits[rows])
+                continue
+            if not fuse:
+                self.rearrange(g, branches, re_starts)
+                logits = self.forward([c.para_end], self.planner.take_main(1), [MAIN], [MAIN])
+            break
+        for x in branches:
+            self.answer_ids.extend(x.ids)
+        self.answer_ids.append(c.para_end)
+        self.main_hist.append(c.para_end)
+        group = Group(tuple(Branch(x.title, e.tokenizer.decode(x.body, skip_special_tokens=False).strip())
+                            for x in branches))
+        self.segments.append(group)
+        self.emit(Event("close", MAIN_STREAM, titles=tuple(titles)))
+        self.stats.parallel_seconds += time.perf_counter() - tp
+        return logits[-1:]
+
+    def sample_branches(self, g: int, branches: list[_Branch], which: list[int], logits: torch.Tensor) -> None:
+        e, c, lim = self.e, self.e.ctrl, self.lim
+        bans, hists = [], []
+        budget_left = lim.max_new_tokens - self.stats.tokens
+        for k, b in enumerate(which):
+            x = branches[b]
+            if len(x.ids) + 1 >= lim.max_branch_tokens or k >= budget_left:
+                bans.append(~e._ban([c.branch_end]))  # the cap forces the branch to end now
+            else:
+                bans.append(e._ban_branch)
+            hists.append(self.main_hist + x.ids)
+        toks = self.draw(logits, [(g, b) for b in which], bans, hists)
+        for b, tok in zip(which, toks, strict=True):
+            if tok in e.eot:  # a branch cannot end the answer; it just ends itself
+                tok = c.branch_end
+            branches[b].pending = tok
+            self.stats.tokens += 1
+            self.stats.parallel_tokens += 1
+            self.emit_token((g, b), tok)
+
+    def rearrange(self, g: int, branches: list[_Branch], starts: list[int]) -> None:
+        """same-re: lay the closed group end to end by re-rotating its cached keys to the new positions."""
+        from aspd.engine.rope import rerotate_keys
+
+        sel = self.grp == g
+        new_pos = self.pos.clone()
+        for b, s in enumerate(starts):
+            m = sel & (self.br == b)
+            new_pos[m] = self.pos[m] - branches[b].start + s
+        rerotate_keys(self.e.model, self.cache, sel.nonzero().flatten(), self.pos[sel], new_pos[sel])
+        self.pos = new_pos

@@ -1,0 +1,1 @@
+"""Serial-parallel fine-tuning (DESIGN.md sections 2-3)."""

@@ -1,0 +1,192 @@
+"""Training samples: JSONL in, laid-out tensors out, padded or packed into batches with 4D masks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aspd.attention import model_mask
+from aspd.layout import Layout, MaskMode, PosMode, Span, build_layout
+from aspd.markup import Document, MarkupError, Serial, flatten, from_token_text, parse
+from aspd.sample import Message, chat_spans
+from aspd.tokens import ControlIds
+
+
+class DataError(ValueError):
+    """A training file that cannot be read; names the file and line."""
+
+
+@dataclass
+class Record:
+    """One training conversation: the turns before the answer, and the (possibly marked) answer."""
+
+    id: str
+    messages: list[Message]
+    answer: Document
+
+
+def _messages(obj: dict[str, Any]) -> tuple[list[Message], str | None]:
+    """Accept {messages: [...]} (last assistant turn = answer) or {question|prompt|instruction, ...}."""
+    if "messages" in obj:
+        msgs = [dict(m) for m in obj["messages"]]
+        if not all(isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in msgs):
+            raise ValueError("every message needs string 'role' and 'content'")
+        answer = None
+        if msgs and msgs[-1]["role"] == "assistant":
+            answer = msgs.pop()["content"]
+        return msgs, answer
+    question = obj.get("question", obj.get("prompt", obj.get("instruction")))
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("needs 'messages' or a non-empty 'question' (or 'prompt'/'instruction')")
+    context = obj.get("context") or obj.get("input")
+    if context:
+        question = f"{context}\n\n{question}"
+    msgs: list[Message] = []
+    if obj.get("system"):
+        msgs.append({"role": "system", "content": str(obj["system"])})
+    for turn in obj.get("history") or []:  # earlier turns re-enter as flattened text
+        msgs.append({"role": "user", "content": str(turn["question"])})
+        msgs.append({"role": "assistant", "content": _flat_text(str(turn["answer"]))})
+    msgs.append({"role": "user", "content": question})
+    return msgs, None
+
+
+def _flat_text(answer: str) -> str:
+    try:
+        return flatten(parse_answer(answer))
+    except MarkupError:
+        return answer
+
+
+def parse_answer(text: str) -> Document:
+    """An answer in data markup, or already rendered in the model token format, or plain text."""
+    if "<|para|>" in text or "<|title|>" in text:
+        return from_token_text(text)
+    return parse(text)
+
+
+def read_records(path: str | Path, *, serial: bool = False, on_error: str = "raise") -> list[Record]:
+    """Read a training JSONL. `serial` drops the markup (the Seq baseline). Bad lines raise or are skipped."""
+    records: list[Record] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                if not isinstance(obj, dict):
+                    raise ValueError("line is not a JSON object")
+                msgs, answer = _messages(obj)
+                text = obj.get("markup", obj.get("answer", answer))
+                if not isinstance(text, str) or not text.strip():
+                    raise ValueError("needs a non-empty 'answer' (or 'markup', or a final assistant message)")
+                doc = parse_answer(text)
+                if serial:
+                    doc = Document((Serial(flatten(doc)),))
+                records.append(Record(str(obj.get("id", lineno)), msgs, doc))
+            except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError and MarkupError are ValueErrors
+                msg = f"{path}:{lineno}: {e}"
+                if on_error == "raise":
+                    raise DataError(msg) from e
+                print(f"aspd: skipping {msg}")
+    if not records:
+        raise DataError(f"{path}: no usable samples")
+    return records
+
+
+class LayoutDataset(torch.utils.data.Dataset):
+    """Tokenizes records once; each item is a Layout (or a list of them when packing)."""
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        tokenizer: Any,
+        ctrl: ControlIds,
+        *,
+        max_length: int = 1024,
+        mask_mode: MaskMode | str = MaskMode.INDEP,
+        pos_mode: PosMode | str = PosMode.SAME_SEQ,
+        pack: bool = False,
+    ):
+        self.items: list[list[Layout]] = []
+        dropped = 0
+        layouts = []
+        for r in records:
+            spans: list[Span] = chat_spans(tokenizer, ctrl, r.messages, r.answer)
+            lay = build_layout(spans, mask_mode=mask_mode, pos_mode=pos_mode)
+            if len(lay) > max_length:
+                dropped += 1
+                continue
+            layouts.append(lay)
+        if dropped:
+            print(f"aspd: dropped {dropped} sample(s) longer than max_length={max_length}")
+        if not layouts:
+            raise DataError("no sample fits in max_length")
+        if pack:
+            self.items = list(_pack(layouts, max_length))
+        else:
+            self.items = [[lay] for lay in layouts]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> list[Layout]:
+        return self.items[i]
+
+
+def _pack(layouts: Sequence[Layout], max_length: int) -> Iterator[list[Layout]]:
+    """First-fit-decreasing bins of whole samples; each sample keeps its own positions and mask block."""
+    bins: list[tuple[int, list[Layout]]] = []
+    for lay in sorted(layouts, key=len, reverse=True):
+        for k, (used, members) in enumerate(bins):
+            if used + len(lay) <= max_length:
+                members.append(lay)
+                bins[k] = (used + len(lay), members)
+                break
+        else:
+            bins.append((len(lay), [lay]))
+    for _, members in bins:
+        yield members
+
+
+class Collator:
+    """Pads rows to one length and builds the [B, 1, T, T] additive masks (one per layer type if needed)."""
+
+    def __init__(self, windows: dict[str, int | None], pad_id: int, dtype: torch.dtype | None = None):
+        self.windows = windows
+        self.pad_id = pad_id
+        self.dtype = dtype
+
+    def __call__(self, rows: Sequence[list[Layout]]) -> dict[str, Any]:
+        width = max(sum(len(lay) for lay in row) for row in rows)
+        b = len(rows)
+        ids = torch.full((b, width), self.pad_id, dtype=torch.long)
+        labels = torch.full((b, width), -100, dtype=torch.long)
+        pos = torch.zeros((b, width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            at = 0
+            for lay in row:
+                n = len(lay)
+                ids[r, at : at + n] = lay.input_ids
+                labels[r, at : at + n] = lay.labels
+                pos[r, at : at + n] = lay.position_ids
+                at += n
+
+        def allowed(window: int | None) -> torch.Tensor:
+            # Pads (and the space between packed samples) see only themselves: no fully masked rows.
+            out = torch.eye(width, dtype=torch.bool).repeat(b, 1, 1)
+            for r, row in enumerate(rows):
+                at = 0
+                for lay in row:
+                    n = len(lay)
+                    out[r, at : at + n, at : at + n] = lay.allowed(window)
+                    at += n
+            return out
+
+        mask = model_mask(self.windows, allowed, self.dtype)
+        return {"input_ids": ids, "labels": labels, "position_ids": pos, "attention_mask": mask}
