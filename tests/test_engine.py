@@ -202,3 +202,38 @@ def test_sampling_is_reproducible_per_seed():
     c = run(eng, tok, ctrl, sampling=SamplingParams(temperature=0.7, top_k=20, top_p=0.8, seed=4))
     assert a.answer_ids == b.answer_ids
     assert a.answer_ids != c.answer_ids
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_reading_order_view_reassembles_the_visible_text(seed):
+    from aspd.engine.stream import ReadingOrderView, stream_events
+
+    model, tok, ctrl = setup("llama")
+    eng = HybridEngine(model, tok)
+    # Two groups, sampled: branches end at different times, so the view must buffer and release in order.
+    pre = forced_titles(tok, ctrl, ("Diet", "Sleep", "Work"))
+    view = ReadingOrderView(eng)
+    shown, order = "", []
+    gen = None
+    for item in stream_events(eng, "Give tips.", answer_prefix=pre, sampling=SamplingParams(temperature=1.0, seed=seed),
+                              limits=Limits(max_new_tokens=70, max_branch_tokens=6 + seed)):
+        if hasattr(item, "kind"):
+            shown += view.push(item)
+            if item.kind == "token" and item.stream != (-1, -1):
+                order.append(item.stream[1])
+        else:
+            gen = item
+    assert gen is not None and shown == gen.text
+    assert len(set(order)) == 3  # all branches really streamed
+
+
+def test_stream_can_be_abandoned_midway():
+    from aspd.engine.stream import stream_events
+
+    model, tok, _ = setup("llama")
+    eng = HybridEngine(model, tok)
+    it = stream_events(eng, "Give tips.", limits=Limits(max_new_tokens=500))
+    first = [next(it) for _ in range(3)]
+    it.close()  # stops the worker at its next token instead of running to 500
+    assert all(e.kind == "token" for e in first)
+    assert eng.generate("Give tips.", limits=Limits(max_new_tokens=5)).stats.tokens == 5

@@ -21,3 +21,10 @@ class Detokenizer:
         delta = text[self.sent :]
         self.sent = len(text)
         return delta
+
+    def flush(self) -> str:
+        """Whatever was held back, once no more tokens will come."""
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=False)
+        delta = text[self.sent :]
+        self.sent = len(text)
+        return delta
