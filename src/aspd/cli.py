@@ -11,6 +11,8 @@ from collections.abc import Sequence
 _SUBCOMMANDS = {
     "models": "aspd.models.cli",
     "train": "aspd.train.cli",
+    "generate": "aspd.engine.cli",  # registers `generate` and `chat`
+    "serve": "aspd.serve.cli",
 }
 
 
@@ -39,4 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the package module so `except CLIError` sees the same class the subcommands raise.
+    from aspd.cli import main as _main
+
+    sys.exit(_main())

