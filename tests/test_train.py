@@ -145,3 +145,19 @@ def test_collator_pads_without_fully_masked_rows(tiny_folder, data_file):
     assert mask.any(-1).all()  # every query row sees at least itself: no NaN under SDPA
     short = len(ds[6][0])
     assert (batch["labels"][1, short:] == -100).all()
+
+
+def test_ddp_through_accelerate_launch_needs_no_code_change(tiny_folder, data_file, tmp_path):
+    """Two CPU processes (gloo) under `accelerate launch`: the same `aspd train` command trains and saves once."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "aspd.cli", "train",
+           "--model", str(tiny_folder), "--data", str(data_file), "--output", str(out), "--max-steps", "4",
+           "--batch-size", "2", "--lr", "1e-3", "--logging-steps", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert '"steps": 4' in proc.stdout
+    assert (out / "model.safetensors").exists() and (out / ASPD_CONFIG).exists()

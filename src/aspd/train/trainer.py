@@ -8,7 +8,7 @@ multi-GPU through `accelerate launch` (DDP or FSDP) unchanged; this module only 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,6 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     skip_bad_lines: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _bf16(cfg: TrainConfig) -> bool:
@@ -127,14 +126,23 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if resume is None:
             print(f"aspd: no checkpoint in {cfg.output}; starting from scratch")
     result = trainer.train(resume_from_checkpoint=resume)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    metrics = {
+        "train_loss": result.training_loss,
+        "steps": trainer.state.global_step,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "samples": len(records),
+    }
+    if not cfg.lora:
+        trainer.save_model(cfg.output)  # every rank takes part (FSDP gathers the shards)
+    if not trainer.is_world_process_zero():  # under DDP/FSDP only rank 0 writes the other outputs
+        return metrics
     if cfg.lora:
         # The resized embedding is rebuilt at load time (same deterministic init); only the trained rows of the
         # control tokens travel, inside the adapter. Keeps artifacts small.
         model.save_pretrained(cfg.output, save_embedding_layers=False)
-    else:
-        trainer.save_model(cfg.output)
     tokenizer.save_pretrained(cfg.output)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     meta = {
         "format": "aspd",
         "tokens": asdict(DEFAULT_TOKENS),
@@ -143,15 +151,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "serial": cfg.serial,
         "lora": cfg.lora,
         "base_model": str(cfg.model),
-        "train": {k: v for k, v in asdict(cfg).items() if k not in ("extra",)},
+        "train": asdict(cfg),
     }
     (Path(cfg.output) / ASPD_CONFIG).write_text(json.dumps(meta, indent=2))
     (Path(cfg.output) / "loss_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    return {
-        "train_loss": result.training_loss,
-        "steps": trainer.state.global_step,
-        "first_loss": losses[0] if losses else None,
-        "last_loss": losses[-1] if losses else None,
-        "samples": len(records),
-    }
+    return metrics
 
