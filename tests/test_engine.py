@@ -237,3 +237,16 @@ def test_stream_can_be_abandoned_midway():
     it.close()  # stops the worker at its next token instead of running to 500
     assert all(e.kind == "token" for e in first)
     assert eng.generate("Give tips.", limits=Limits(max_new_tokens=5)).stats.tokens == 5
+
+
+def test_generation_stops_at_the_context_and_never_opens_a_group_that_cannot_fit():
+    model, tok, ctrl = setup("llama")
+    model.config.max_position_embeddings = 64
+    eng = HybridEngine(model, tok)
+    g = eng.generate("Give tips.", limits=Limits(max_new_tokens=500), record=True)
+    assert g.finish_reason == "length" and max(p for _, p, _, _ in g.slots) < 64
+    # Titles forced near the end: three branches of 20 tokens cannot fit, so <|para|> stays plain text.
+    filler = text_ids(tok, " habits matter") * 3
+    g = eng.generate("Give tips.", answer_prefix=filler + forced_titles(tok, ctrl, ("A", "B", "C")),
+                     limits=Limits(max_new_tokens=500, max_branch_tokens=20), record=True)
+    assert g.stats.groups == 0 and max(p for _, p, _, _ in g.slots) < 64

@@ -140,6 +140,8 @@ class HybridEngine:
         if tokenizer.eos_token_id is not None:
             self.eot.add(int(tokenizer.eos_token_id))
         self.vocab = model.get_output_embeddings().weight.shape[0]
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.context = int(getattr(cfg, "max_position_embeddings", None) or 1 << 30)
         c = self.ctrl
         self._ban_serial = self._ban([c.branch, c.branch_end, c.para_end, c.title_end])
         self._ban_branch = self._ban([c.title, c.title_end, c.para, c.para_end, c.branch])
@@ -298,8 +300,11 @@ class _Run:
             if tok in e.eot:
                 self.flush_serial()
                 self.answer_ids.append(tok)
+                self.emit_token(MAIN_STREAM, tok)
                 finish = "stop"
                 break
+            if self.planner.next_main >= e.context - 1:
+                break  # the next token would have no position left
             if self.hybrid:
                 if in_title is not None:
                     title_run.append(tok)
@@ -311,7 +316,7 @@ class _Run:
                 elif tok == c.title:
                     in_title = []
                     title_run.append(tok)
-                elif tok == c.para and self.valid_titles(titles):
+                elif tok == c.para and self.can_open(titles):
                     self.emit_token(MAIN_STREAM, tok)
                     last = self.run_group(self.valid_titles(titles))
                     titles, title_run = [], []
@@ -347,9 +352,15 @@ class _Run:
         ban = e._ban_serial.clone()
         if self.stats.groups >= lim.max_groups or len(titles) >= lim.max_branches:
             ban[c.title] = True
-        if self.stats.groups >= lim.max_groups or len(self.valid_titles(titles)) < 2:
+        if not self.can_open(titles):
             ban[c.para] = True
         return ban
+
+    def can_open(self, titles: list[list[int]]) -> bool:
+        """A group needs two distinct titles, a group left in the budget, and context room for every branch."""
+        n = len(self.valid_titles(titles))
+        room = self.e.context - self.planner.next_main - 2
+        return n >= 2 and self.stats.groups < self.lim.max_groups and room >= n * self.lim.max_branch_tokens
 
     def valid_titles(self, titles: list[list[int]]) -> list[str]:
         """Distinct non-empty titles, capped at max_branches; fewer than two means no group."""

@@ -1,4 +1,4 @@
-"""Incremental detokenization and the reading-order text view of a parallel answer."""
+"""Incremental detokenization: text deltas for a growing list of ids, at O(1) decode work per token."""
 
 from __future__ import annotations
 
@@ -6,25 +6,33 @@ from typing import Any
 
 
 class Detokenizer:
-    """Turns a growing list of ids into text deltas, holding back incomplete multi-byte characters."""
+    """Decodes a short window of recent ids (as vLLM does), holding back incomplete multi-byte characters.
+
+    Decoding a window rather than the whole list keeps streaming linear in answer length, while a token that
+    merges with its predecessor (byte-level BPE, SentencePiece spaces) still renders correctly.
+    """
 
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
         self.ids: list[int] = []
-        self.sent = 0  # characters already emitted
+        self.prefix = 0  # start of the window decoded for context
+        self.read = 0  # ids before this have been emitted
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
 
     def push(self, token: int) -> str:
         self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=False)
-        if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
+        shown = self._decode(self.ids[self.prefix : self.read])
+        text = self._decode(self.ids[self.prefix :])
+        if len(text) <= len(shown) or text.endswith("\ufffd"):  # a character split across tokens: wait
             return ""
-        delta = text[self.sent :]
-        self.sent = len(text)
-        return delta
+        self.prefix, self.read = self.read, len(self.ids)
+        return text[len(shown) :]
 
     def flush(self) -> str:
         """Whatever was held back, once no more tokens will come."""
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=False)
-        delta = text[self.sent :]
-        self.sent = len(text)
-        return delta
+        shown = self._decode(self.ids[self.prefix : self.read])
+        text = self._decode(self.ids[self.prefix :])
+        self.prefix = self.read = len(self.ids)
+        return text[len(shown) :]

@@ -1,0 +1,357 @@
+"""The FastAPI app: OpenAI-compatible chat and text completions on top of one HybridEngine.
+
+Threads: the event loop answers HTTP (health and model listing never wait on the model); one tokenizer
+thread turns requests into prompt ids with its own tokenizer copy (a prompt can be large, and the loop must
+not stall on it); one model thread (worker.py) runs generations one at a time, FIFO, with no batching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from aspd.engine.core import HybridEngine, Limits
+from aspd.engine.sampling import SamplingParams
+from aspd.sample import prompt_ids
+from aspd.serve.protocol import APIError, ChatRequest, CompletionRequest, bad_request, parse_request
+from aspd.serve.worker import Chunk, GenRequest, GenResult, Job, Worker
+
+log = logging.getLogger("aspd.serve")
+
+DEFAULT_MAX_TOKENS = Limits().max_new_tokens  # when a request gives none (then clamped to the context)
+MAX_BODY_BYTES = 16 << 20
+
+
+@dataclass
+class ServedModel:
+    """The engine plus what the API says about it."""
+
+    engine: HybridEngine
+    model_id: str
+    aliases: set[str] = field(default_factory=set)  # other names a request may use (the --model argument)
+    context: int | None = None  # max_position_embeddings: prompt + answer must fit
+    defaults: dict[str, Any] = field(default_factory=dict)  # sampling defaults from generation_config.json
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def names(self) -> set[str]:
+        return {self.model_id, *self.aliases}
+
+
+def context_length(model: Any) -> int | None:
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        v = getattr(cfg, name, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def sampling_defaults(model: Any) -> dict[str, Any]:
+    """Only what generation_config.json sets explicitly (as vLLM does); the rest follows the OpenAI defaults."""
+    gc = getattr(model, "generation_config", None)
+    diff = gc.to_diff_dict() if gc is not None else {}
+    return {k: diff[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty") if diff.get(k) is not None}
+
+
+def _error_response(err: APIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def create_app(served: ServedModel, *, max_queue: int = 16) -> FastAPI:
+    engine = served.engine
+    worker = Worker(engine, max_queue)
+    front_tok = copy.deepcopy(engine.tokenizer)  # the model thread owns engine.tokenizer
+    tok_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aspd-tokenize")
+    vocab = len(front_tok)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker.start()
+        yield
+        worker.stop()
+        tok_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="aspd", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.worker = worker
+    app.state.served = served
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        msg = f"Invalid URL ({request.method} {request.url.path})" if exc.status_code in (404, 405) else str(exc.detail)
+        return _error_response(APIError(exc.status_code, msg, headers=dict(exc.headers or {})))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _error_response(APIError(500, "internal server error; see the server log", type="server_error"))
+
+    # ------------------------------------------------------------------ cheap endpoints (never wait)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        ok = worker.alive()
+        return JSONResponse(
+            {"status": "ok" if ok else "error", "model": served.model_id, "running": worker.running is not None,
+             "waiting": worker.waiting, "max_queue": worker.max_queue, "served": worker.served},
+            status_code=200 if ok else 503,
+        )
+
+    def model_card() -> dict[str, Any]:
+        return {"id": served.model_id, "object": "model", "created": served.created, "owned_by": "aspd",
+                "max_model_len": served.context}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model:path}")
+    async def model(model: str) -> dict[str, Any]:
+        if model not in served.names():
+            raise APIError(404, f"The model {model!r} does not exist", param="model", code="model_not_found")
+        return model_card()
+
+    # ------------------------------------------------------------------ generation
+
+    async def read_json(request: Request) -> Any:
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            raise APIError(413, f"request body over {MAX_BODY_BYTES} bytes")
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise bad_request(f"invalid JSON body: {e}") from None
+
+    def tokenize(req: ChatRequest | CompletionRequest) -> list[int]:
+        """Runs on the tokenizer thread."""
+        if isinstance(req, ChatRequest):
+            try:
+                return prompt_ids(front_tok, req.chat())
+            except Exception as e:  # noqa: BLE001 - a template may reject a conversation (role order, ...)
+                raise bad_request(f"the chat template rejected the messages: {e}", "messages") from None
+        p = req.prompt
+        if isinstance(p, list) and p and isinstance(p[0], int):
+            if any(not 0 <= t < vocab for t in p):  # type: ignore[operator]
+                raise bad_request(f"prompt token ids must be in [0, {vocab})", "prompt")
+            return [int(t) for t in p]  # type: ignore[arg-type]
+        text = p if isinstance(p, str) else p[0]
+        return list(front_tok(text, add_special_tokens=True)["input_ids"])
+
+    def build(req: ChatRequest | CompletionRequest, ids: list[int], rid: str) -> GenRequest:
+        param = "messages" if isinstance(req, ChatRequest) else "prompt"
+        if not ids:
+            raise bad_request("the prompt is empty", param)
+        ctx = served.context
+        if ctx is not None and len(ids) >= ctx:
+            raise bad_request(f"This model's maximum context length is {ctx} tokens. However, your {param} "
+                              f"resulted in {len(ids)} tokens, leaving no room for an answer.", param,
+                              "context_length_exceeded")
+        # A max_tokens beyond the context is clamped (finish_reason "length" tells the client), not refused.
+        want = req.limit() or DEFAULT_MAX_TOKENS
+        budget = want if ctx is None else min(want, ctx - len(ids))
+        d = served.defaults
+        temperature = req.temperature if req.temperature is not None else d.get("temperature", 1.0)
+        top_k = req.top_k if req.top_k is not None else d.get("top_k", 0)
+        try:
+            sampling = SamplingParams(
+                temperature=temperature,
+                top_p=req.top_p if req.top_p is not None else d.get("top_p", 1.0),
+                top_k=max(0, top_k),
+                repetition_penalty=req.repetition_penalty or d.get("repetition_penalty", 1.0),
+                # No seed means fresh draws each request, as in the OpenAI API.
+                seed=req.seed if req.seed is not None else secrets.randbits(31),
+            )
+        except ValueError as e:
+            raise bad_request(str(e)) from None
+        opt = req.aspd
+        base = Limits()
+        limits = Limits(
+            max_new_tokens=budget,
+            max_branches=base.max_branches if opt is None or opt.max_branches is None else opt.max_branches,
+            max_branch_tokens=(base.max_branch_tokens if opt is None or opt.max_branch_tokens is None
+                               else opt.max_branch_tokens),
+            max_groups=base.max_groups if opt is None or opt.max_groups is None else opt.max_groups,
+        )
+        return GenRequest(ids, opt.mode if opt else "hybrid", sampling, limits, req.stops(), req.stream,
+                          bool(opt and opt.branch_deltas), rid)
+
+    async def handle(request: Request, chat: bool) -> Response:
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        req = parse_request(ChatRequest if chat else CompletionRequest, await read_json(request))
+        if req.model not in served.names():
+            raise APIError(404, f"The model {req.model!r} does not exist; this server serves {served.model_id!r}",
+                           param="model", code="model_not_found")
+        loop = asyncio.get_running_loop()
+        ids = await loop.run_in_executor(tok_pool, tokenize, req)
+        gen = build(req, ids, rid)
+        job = Job(gen, loop)
+        if not worker.submit(job):
+            raise APIError(503, f"server busy: {worker.max_queue} request(s) already waiting; retry later",
+                           type="server_error", code="queue_full",
+                           headers={"Retry-After": str(worker.retry_after())})
+        log.info("%s queued: %d prompt tokens, max %d new, mode %s", rid, len(ids), gen.limits.max_new_tokens,
+                 gen.mode)
+        shape = _Shape(rid, served.model_id, chat, gen)
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(_sse(worker, job, shape, include_usage), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        kind, value = await _wait(worker, job, request)
+        if kind == "gone":
+            return Response(status_code=499)  # nobody is listening any more
+        r = _result_or_raise(kind, value)
+        log.info("%s done: %d tokens, %s, %.2fs", rid, r.completion_tokens, r.finish_reason, r.stats.get("seconds", 0.0))
+        return JSONResponse(shape.full(r))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await handle(request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await handle(request, chat=False)
+
+    return app
+
+
+def _result_or_raise(kind: str, value: Any) -> GenResult:
+    if kind == "done":
+        return value
+    if kind == "cancelled":
+        raise APIError(503, "generation was cancelled (server shutting down)", type="server_error")
+    raise APIError(500, "internal error while generating; see the server log", type="server_error")
+
+
+async def _final(job: Job) -> tuple[str, Any]:
+    while True:
+        kind, value = await job.items.get()
+        if kind != "chunk":
+            return kind, value
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _wait(worker: Worker, job: Job, request: Request) -> tuple[str, Any]:
+    """The job's outcome, or ("gone", None) once the client hangs up (the job is then cancelled)."""
+    result = asyncio.ensure_future(_final(job))
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if result.done():
+            return result.result()
+        return "gone", None
+    finally:
+        gone.cancel()
+        if not result.done():
+            result.cancel()
+            worker.cancel(job)
+
+
+@dataclass
+class _Shape:
+    """Builds OpenAI-shaped bodies for one request."""
+
+    rid: str
+    model: str
+    chat: bool
+    gen: GenRequest
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def _head(self, obj: str) -> dict[str, Any]:
+        return {"id": self.rid, "object": obj, "created": self.created, "model": self.model}
+
+    def usage(self, r: GenResult) -> dict[str, int]:
+        return {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+                "total_tokens": r.prompt_tokens + r.completion_tokens}
+
+    def aspd(self, r: GenResult) -> dict[str, Any]:
+        return {"mode": self.gen.mode, "stats": r.stats, "markup": r.markup, "raw": r.raw, "partial": r.partial}
+
+    def full(self, r: GenResult) -> dict[str, Any]:
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": r.text}, "logprobs": None,
+                      "finish_reason": r.finish_reason}
+            body = self._head("chat.completion")
+        else:
+            choice = {"index": 0, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason}
+            body = self._head("text_completion")
+        return {**body, "choices": [choice], "usage": self.usage(r), "aspd": self.aspd(r)}
+
+    def chunk(self, content: str | None, finish: str | None = None, *, role: bool = False) -> dict[str, Any]:
+        if self.chat:
+            delta: dict[str, Any] = {"role": "assistant"} if role else {}
+            if content is not None:
+                delta["content"] = content
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return {**self._head("chat.completion.chunk"), "choices": [choice]}
+        choice = {"index": 0, "text": content or "", "logprobs": None, "finish_reason": finish}
+        return {**self._head("text_completion"), "choices": [choice]}
+
+    def event_chunk(self, c: Chunk) -> dict[str, Any]:
+        body = self.chunk(c.content)
+        if self.gen.branch_deltas and c.kind in ("token", "open", "close"):
+            ext: dict[str, Any] = {"stream": c.stream}
+            if c.kind == "token":
+                ext["delta"] = c.delta
+            else:
+                ext.update(event=c.kind, group=c.group, titles=list(c.titles),
+                           streams=[f"g{c.group}b{b}" for b in range(len(c.titles))])
+            body["aspd"] = ext
+        return body
+
+
+def _sse_line(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def _sse(worker: Worker, job: Job, shape: _Shape, include_usage: bool) -> AsyncIterator[str]:
+    """SSE in the OpenAI chunk format. If the client disconnects, Starlette cancels this generator and the
+    finally clause frees the model at its next token."""
+    finished = False
+    try:
+        if shape.chat:
+            yield _sse_line(shape.chunk("", role=True))
+        while True:
+            kind, value = await job.items.get()
+            if kind == "chunk":
+                if value.content or (shape.gen.branch_deltas and value.kind in ("token", "open", "close")):
+                    yield _sse_line(shape.event_chunk(value))
+                continue
+            finished = True
+            try:
+                r = _result_or_raise(kind, value)
+            except APIError as e:
+                yield _sse_line(e.body())
+                yield "data: [DONE]\n\n"
+                return
+            last = shape.chunk(None if shape.chat else "", r.finish_reason)
+            yield _sse_line({**last, "usage": shape.usage(r), "aspd": shape.aspd(r)})
+            if include_usage:  # the OpenAI shape: one more chunk with no choices, only usage
+                yield _sse_line({**shape._head(last["object"]), "choices": [], "usage": shape.usage(r)})
+            yield "data: [DONE]\n\n"
+            log.info("%s done: %d tokens, %s, %.2fs", shape.rid, r.completion_tokens, r.finish_reason,
+                     r.stats.get("seconds", 0.0))
+            return
+    finally:
+        if not finished:
+            worker.cancel(job)

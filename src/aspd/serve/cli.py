@@ -1,0 +1,110 @@
+"""`aspd serve`: an OpenAI-compatible HTTP server (FastAPI + uvicorn) for one model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from aspd.cli import CLIError
+
+DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+
+
+def register(sub: Any) -> None:
+    from aspd.layout import MaskMode, PosMode
+
+    p = sub.add_parser(
+        "serve", help="serve a model over an OpenAI-compatible HTTP API",
+        description="OpenAI-compatible server: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, "
+        "GET /health. Requests run one at a time on one model thread (FIFO, no batching); extra ones wait in "
+        "a bounded queue and get 503 + Retry-After when it is full.",
+    )
+    p.add_argument("--model", required=True, help="registry name (see `aspd models list`) or local HF folder")
+    p.add_argument("--served-model-name", default=None,
+                   help="model id in the API (default: the --model name or folder name)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free port (printed)")
+    p.add_argument("--max-queue", type=int, default=16,
+                   help="requests allowed to wait behind the running one before 503 (default 16)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="default: bf16 on a capable GPU, else fp32")
+    p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"), help="attention backend (default sdpa)")
+    p.add_argument("--mask-mode", default=None, choices=[x.value for x in MaskMode],
+                   help="branch visibility (default: from the model's aspd.json)")
+    p.add_argument("--pos-mode", default=None, choices=[x.value for x in PosMode],
+                   help="branch position ids (default: from the model's aspd.json)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=run)
+
+
+def load_served(args: argparse.Namespace) -> Any:
+    """Load the model; a plain model gets the control tokens (mean-initialised rows) and answers serially."""
+    from transformers.utils import logging as hf_logging
+
+    from aspd.engine.core import HybridEngine
+    from aspd.layout import MaskMode, PosMode
+    from aspd.loading import load_model, model_folder, read_aspd_config
+    from aspd.serve.app import ServedModel, context_length, sampling_defaults
+    from aspd.tokens import DEFAULT_TOKENS, add_control_tokens
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    log = logging.getLogger("aspd.serve")
+    name = args.model
+    try:
+        folder = model_folder(name)
+        meta = read_aspd_config(folder)
+        model, tok = load_model(folder, device=args.device, dtype=args.dtype, attn=args.attn)
+        if not all(t in tok.get_vocab() for t in DEFAULT_TOKENS.all()):
+            log.warning("%s is not an ASPD model (no control tokens): added them; it will answer serially", name)
+        add_control_tokens(tok, model)  # idempotent; also grows the rows if only the tokenizer had them
+        engine = HybridEngine(model, tok,
+                              mask_mode=args.mask_mode or meta.get("mask_mode", MaskMode.INDEP.value),
+                              pos_mode=args.pos_mode or meta.get("pos_mode", PosMode.SAME_SEQ.value))
+    except CLIError:
+        raise
+    except Exception as e:  # one line for the user; the library raises as usual
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CLIError(f"cannot load model {name!r}: {detail}") from None
+    model_id = args.served_model_name or Path(name).name or name
+    return ServedModel(engine, model_id, aliases={name, str(folder)}, context=context_length(model),
+                       defaults=sampling_defaults(model))
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bound but not listening: a busy port fails before the slow model load, and clients get 'connection
+    refused' (not a hang) until the model is ready, when uvicorn starts listening."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise CLIError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from aspd.serve.app import create_app
+
+    if args.max_queue < 0:
+        raise CLIError("--max-queue must be >= 0")
+    if not 0 <= args.port <= 65535:
+        raise CLIError("--port must be in [0, 65535]")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sock = _bind(args.host, args.port)  # bind before the slow model load: a busy port fails fast
+    served = load_served(args)
+    app = create_app(served, max_queue=args.max_queue)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"aspd serve: {served.model_id} on http://{shown}:{port}/v1 (context {served.context}, "
+          f"max queue {args.max_queue})", file=sys.stderr, flush=True)
+    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5, access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
