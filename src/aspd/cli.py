@@ -1,4 +1,4 @@
-"""The `aspd` command. Each subcommand lives beside the code it drives; heavy imports happen on use."""
+"""The `aspd` command. Each subcommand lives beside the code it drives; only the one invoked is imported."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# name -> module exposing `register(subparsers)`; each sets `func` on its parser.
+# subcommand -> module exposing `register(subparsers)`; each parser sets `func`.
 _SUBCOMMANDS = {
     "models": "aspd.models.cli",
     "train": "aspd.train.cli",
-    "generate": "aspd.engine.cli",  # registers `generate` and `chat`
+    "generate": "aspd.engine.cli",
+    "chat": "aspd.engine.cli",
     "serve": "aspd.serve.cli",
+    "transform": "aspd.pipeline.cli",
+    "distill": "aspd.distill",
 }
 
 
@@ -20,16 +23,19 @@ class CLIError(Exception):
     """An error the user can fix; printed as one line without a traceback."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """All subcommands for help; just the invoked one otherwise (keeps start-up fast)."""
     parser = argparse.ArgumentParser(prog="aspd", description="Adaptive Serial-Parallel Decoding toolkit")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for module in _SUBCOMMANDS.values():
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    modules = [_SUBCOMMANDS[command]] if command in _SUBCOMMANDS else list(dict.fromkeys(_SUBCOMMANDS.values()))
+    for module in modules:
         importlib.import_module(module).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except CLIError as e:

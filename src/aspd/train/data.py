@@ -30,7 +30,7 @@ class Record:
     answer: Document
 
 
-def _messages(obj: dict[str, Any]) -> tuple[list[Message], str | None]:
+def record_messages(obj: dict[str, Any]) -> tuple[list[Message], str | None]:
     """Accept {messages: [...]} (last assistant turn = answer) or {question|prompt|instruction, ...}."""
     if "messages" in obj:
         msgs = [dict(m) for m in obj["messages"]]
@@ -44,8 +44,8 @@ def _messages(obj: dict[str, Any]) -> tuple[list[Message], str | None]:
     if not isinstance(question, str) or not question.strip():
         raise ValueError("needs 'messages' or a non-empty 'question' (or 'prompt'/'instruction')")
     context = obj.get("context") or obj.get("input")
-    if context:
-        question = f"{context}\n\n{question}"
+    if context:  # Alpaca-style: the instruction, then its input
+        question = f"{question}\n\n{context}"
     msgs: list[Message] = []
     if obj.get("system"):
         msgs.append({"role": "system", "content": str(obj["system"])})
@@ -81,7 +81,7 @@ def read_records(path: str | Path, *, serial: bool = False, on_error: str = "rai
                 obj = json.loads(line)
                 if not isinstance(obj, dict):
                     raise ValueError("line is not a JSON object")
-                msgs, answer = _messages(obj)
+                msgs, answer = record_messages(obj)
                 text = obj.get("markup", obj.get("answer", answer))
                 if not isinstance(text, str) or not text.strip():
                     raise ValueError("needs a non-empty 'answer' (or 'markup', or a final assistant message)")
