@@ -250,3 +250,13 @@ def test_generation_stops_at_the_context_and_never_opens_a_group_that_cannot_fit
     g = eng.generate("Give tips.", answer_prefix=filler + forced_titles(tok, ctrl, ("A", "B", "C")),
                      limits=Limits(max_new_tokens=500, max_branch_tokens=20), record=True)
     assert g.stats.groups == 0 and max(p for _, p, _, _ in g.slots) < 64
+
+
+def test_titles_with_line_breaks_become_one_line():
+    model, tok, ctrl = setup("llama")
+    eng = HybridEngine(model, tok)
+    pre = [ctrl.title, *text_ids(tok, "A\nB"), ctrl.title_end, ctrl.title, *text_ids(tok, "C"), ctrl.title_end,
+           ctrl.para]
+    g = eng.generate("Give tips.", answer_prefix=pre, limits=Limits(max_new_tokens=30, max_branch_tokens=6))
+    assert [b.title for b in g.doc.groups[0].branches] == ["A B", "C"]
+    render(g.doc)

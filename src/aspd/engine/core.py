@@ -366,7 +366,8 @@ class _Run:
         """Distinct non-empty titles, capped at max_branches; fewer than two means no group."""
         out: list[str] = []
         for ids in titles:
-            s = self.e.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            # One line of text: a title is a label, and markup titles cannot hold line breaks.
+            s = " ".join(self.e.tokenizer.decode(ids, skip_special_tokens=True).split())
             if s and s not in out:
                 out.append(s)
         out = out[: self.lim.max_branches]

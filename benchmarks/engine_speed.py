@@ -1,0 +1,347 @@
+"""Engine speed on one machine: (a) parallel step time vs live branches, (b) serial tokens/s vs HF generate.
+
+(a) For N = 2, 4, 8, 16 a real group is opened by forcing N titles through `answer_prefix`; the engine then
+    decodes N branches in lockstep, one forward per step. `_Run.forward` (the engine's only model call: mask
+    build + model forward) is wrapped with a timer, and the steps that fed exactly N branch tokens are kept.
+    N = 1 is the serial step (a group needs >= 2 branches), timed the same way during a serial decode.
+    "step" is forward start to next forward start, so it includes sampling and bookkeeping.
+(b) Serial decoding: the engine in serial mode vs Hugging Face `model.generate` (greedy), same model, prompt and
+    number of new tokens (end-of-turn disabled on both sides so both produce exactly that many), interleaved
+    runs, medians of wall time with prefill included, and their ratio.
+
+A plain model (no ASPD fine-tune) works: the control tokens are added with rows at the mean embedding, so the
+model decodes structure only where it is forced. Results: a table on stdout, JSON + Markdown at --out.
+
+    ASPD_CACHE=/work/cache python benchmarks/engine_speed.py --model smollm2-135m --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aspd.engine import HybridEngine, Limits
+from aspd.engine.core import _Run
+from aspd.layout import MAIN
+from aspd.tokens import add_control_tokens, text_ids
+
+PROMPT = "Write a detailed guide on staying healthy, covering diet, sleep, exercise and stress."
+
+
+# ------------------------------------------------------------------------------------------ setup
+
+
+def load(model_name: str, device: str, dtype: str) -> tuple[Any, Any]:
+    if model_name == "tiny":  # a random 2-layer Llama: smoke tests of this script, no download
+        from aspd.testing import tiny_model, tiny_tokenizer
+
+        tok = tiny_tokenizer()
+        model = tiny_model("llama", len(tok)).to(device)
+    else:
+        from aspd.loading import load_model
+
+        model, tok = load_model(model_name, device=device, dtype=dtype)
+    add_control_tokens(tok, model)  # idempotent; a plain model needs the rows before the engine accepts it
+    return model, tok
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def machine(device: str) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                            "platform": platform.platform(), "python": platform.python_version()}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+class ForwardTimer:
+    """Wraps `_Run.forward` to record (start, seconds, tokens fed, all branch tokens?, cache length)."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.records: list[tuple[float, float, int, bool, int]] = []
+        self._orig: Callable[..., torch.Tensor] | None = None
+
+    def __enter__(self) -> ForwardTimer:
+        orig = self._orig = _Run.forward
+        timer = self
+
+        def forward(run: _Run, ids: list[int], pos: list[int], grp: list[int], br: list[int]) -> torch.Tensor:
+            sync(timer.device)
+            t0 = time.perf_counter()
+            out = orig(run, ids, pos, grp, br)
+            sync(timer.device)
+            timer.records.append((t0, time.perf_counter() - t0, len(ids), all(g != MAIN for g in grp),
+                                  run.pos.numel()))
+            return out
+
+        _Run.forward = forward  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _Run.forward = self._orig  # type: ignore[method-assign]
+
+    def steps(self, n: int, parallel: bool) -> tuple[list[float], list[float], list[int]]:
+        """(forward s, whole step s, cache length) of every step that fed exactly n tokens of the given kind."""
+        fwd, step, ctx = [], [], []
+        recs = self.records
+        for i, (t0, sec, k, par, cache) in enumerate(recs[:-1]):  # one timer per run: the next record is ours
+            if k == n and par == parallel and i > 0:  # record 0 is the prompt prefill
+                fwd.append(sec)
+                step.append(recs[i + 1][0] - t0)
+                ctx.append(cache)
+        return fwd, step, ctx
+
+
+def titles_for(tok: Any, n: int) -> list[str]:
+    """n distinct titles of one token length each, so every branch has the same prefix and ends together."""
+    by_len: dict[int, list[str]] = {}
+    for i in range(400):
+        t = f"Topic {chr(65 + i)}" if i < 26 else f"Topic {i}"
+        by_len.setdefault(len(text_ids(tok, f"{t}:")), []).append(t)
+    out = max(by_len.values(), key=len)[:n]
+    if len(out) < n:
+        raise SystemExit(f"cannot find {n} titles of equal token length")
+    return out
+
+
+def forced_group(eng: HybridEngine, titles: list[str]) -> list[int]:
+    c = eng.ctrl
+    ids: list[int] = [*text_ids(eng.tokenizer, "Here is the plan.\n")]
+    for t in titles:
+        ids += [c.title, *text_ids(eng.tokenizer, t), c.title_end]
+    return [*ids, c.para]
+
+
+# ------------------------------------------------------------------------------------------ benchmarks
+
+
+def bench_branches(eng: HybridEngine, args: argparse.Namespace) -> list[dict[str, Any]]:
+    prompt = eng.prompt_ids(args.prompt)
+    fwd: dict[int, list[float]] = {n: [] for n in args.branches}
+    step: dict[int, list[float]] = {n: [] for n in args.branches}
+    ctx: dict[int, list[int]] = {n: [] for n in args.branches}
+    # Round-robin over N inside each repeat: a burst of load from elsewhere hits every N, not one of them.
+    for rep in range(args.warmup + args.repeats):
+        for n in args.branches:
+            with ForwardTimer(args.device) as timer:
+                if n == 1:
+                    eng.generate(prompt, mode="serial", limits=Limits(max_new_tokens=args.branch_tokens + 1))
+                else:
+                    titles = titles_for(eng.tokenizer, n)
+                    forced = forced_group(eng, titles)
+                    prefix = 1 + len(text_ids(eng.tokenizer, f"{titles[0]}:"))
+                    cap = prefix + args.branch_tokens + 1  # prefix + body steps + <|/branch|>
+                    lim = Limits(max_new_tokens=len(forced) + n * cap + 1, max_branches=n, max_branch_tokens=cap,
+                                 max_groups=1)
+                    g = eng.generate(prompt, answer_prefix=forced, limits=lim)
+                    assert g.stats.branches == [n], g.stats.branches
+            if rep >= args.warmup:
+                f, s, c = timer.steps(n, parallel=n > 1)
+                fwd[n] += f
+                step[n] += s
+                ctx[n] += c
+        print(f"  branches: run {rep + 1}/{args.warmup + args.repeats} done", file=sys.stderr, flush=True)
+    rows: list[dict[str, Any]] = []
+    for n in args.branches:
+        row = {"branches": n, "forward_ms": 1e3 * statistics.median(fwd[n]),
+               "step_ms": 1e3 * statistics.median(step[n]), "steps": len(step[n]),
+               "context": round(statistics.mean(ctx[n]))}
+        row["tok_s"] = n * 1e3 / row["step_ms"]
+        rows.append(row)
+        print(f"  branches {n:>2}: forward {row['forward_ms']:7.2f} ms  step {row['step_ms']:7.2f} ms  "
+              f"({row['steps']} steps)", file=sys.stderr, flush=True)
+    base = rows[0]["step_ms"]
+    for r in rows:
+        r["step_vs_first"] = r["step_ms"] / base
+    return rows
+
+
+def bench_serial(eng: HybridEngine, args: argparse.Namespace) -> dict[str, Any]:
+    from transformers import GenerationConfig
+
+    model, tok = eng.model, eng.tokenizer
+    prompt = eng.prompt_ids(args.prompt)
+    t = args.new_tokens
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    cfg = GenerationConfig(do_sample=False, max_new_tokens=t, min_new_tokens=t, eos_token_id=None, pad_token_id=pad)
+    inp = torch.tensor([prompt], device=eng.device)
+
+    def run_engine() -> tuple[float, list[int]]:
+        sync(args.device)
+        t0 = time.perf_counter()
+        g = eng.generate(prompt, mode="serial", limits=Limits(max_new_tokens=t))
+        sync(args.device)
+        return time.perf_counter() - t0, g.answer_ids
+
+    def run_hf() -> tuple[float, list[int]]:
+        sync(args.device)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(inp, generation_config=cfg)
+        sync(args.device)
+        return time.perf_counter() - t0, out[0, len(prompt):].tolist()
+
+    eng_s: list[float] = []
+    hf_s: list[float] = []
+    same = True
+    for rep in range(args.warmup + args.serial_repeats):
+        # Alternate which goes first so drift (thermal, caches) does not favour one side.
+        order = [(run_engine, eng_s), (run_hf, hf_s)]
+        if rep % 2:
+            order.reverse()
+        ids: list[list[int]] = []
+        for fn, acc in order:
+            sec, got = fn()
+            ids.append(got)
+            if rep >= args.warmup:
+                acc.append(sec)
+        same = same and ids[0] == ids[1]
+    e, h = statistics.median(eng_s), statistics.median(hf_s)
+    res = {"new_tokens": t, "prompt_tokens": len(prompt), "engine_tok_s": t / e, "hf_tok_s": t / h,
+           "engine_over_hf": h / e, "engine_runs_s": [round(x, 4) for x in eng_s],
+           "hf_runs_s": [round(x, 4) for x in hf_s], "same_tokens": same}
+    print(f"  serial: engine {res['engine_tok_s']:.1f} tok/s, HF generate {res['hf_tok_s']:.1f} tok/s",
+          file=sys.stderr, flush=True)
+    return res
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def command() -> str:
+    """The exact command line, with the environment variables that change what runs."""
+    env = [f"{k}={shlex.quote(os.environ[k])}" for k in ("ASPD_CACHE", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
+           if k in os.environ]
+    return " ".join([*env, "python", *map(shlex.quote, sys.argv)])
+
+
+def markdown(res: dict[str, Any]) -> str:
+    m, s = res["machine"], res["serial"]
+    hw = m.get("gpu") or f"{m['cpu']} ({m['cpu_count']} cores, {m['torch_threads']} torch threads)"
+    lines = [
+        f"# Engine speed: {res['model']} on {res['device']} ({res['dtype']})",
+        "",
+        f"- command: `{res['command']}`",
+        f"- machine: {hw}; {m['platform']}; 1-min load average {m['load_avg_1m']['start']} at start, "
+        f"{m['load_avg_1m']['end']} at end",
+        f"- torch {res['versions']['torch']}, transformers {res['versions']['transformers']}, "
+        f"python {m['python']}; date {res['date']}",
+        "",
+        f"## Step time vs live branches ({res['settings']['branch_tokens']} body steps per branch, "
+        f"{res['settings']['repeats']} runs, medians)",
+        "",
+        "N = 1 is the serial step; N >= 2 are steps of a real group forced via `answer_prefix`. forward = "
+        "`_Run.forward` (mask + model); step = forward start to next forward start (sampling included).",
+        "",
+        "| live branches | forward ms | step ms | step vs N=1 | tokens/s | steps | mean context |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in res["branch_steps"]:
+        lines.append(f"| {r['branches']} | {r['forward_ms']:.2f} | {r['step_ms']:.2f} | {r['step_vs_first']:.2f}x | "
+                     f"{r['tok_s']:.1f} | {r['steps']} | {r['context']} |")
+    lines += [
+        "",
+        f"## Serial decoding: engine vs HF generate ({s['new_tokens']} new tokens, prompt {s['prompt_tokens']} "
+        f"tokens, {len(s['engine_runs_s'])} interleaved runs each, prefill included)",
+        "",
+        "| | tokens/s (median) | runs (s) |",
+        "|---|---:|---|",
+        f"| engine, serial mode | {s['engine_tok_s']:.1f} | {', '.join(map(str, s['engine_runs_s']))} |",
+        f"| HF `generate`, greedy | {s['hf_tok_s']:.1f} | {', '.join(map(str, s['hf_runs_s']))} |",
+        "",
+        f"Engine / HF speed ratio: **{s['engine_over_hf']:.2f}x**. Same greedy tokens: {s['same_tokens']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m", help="registry name, local folder, or 'tiny' (random)")
+    p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    p.add_argument("--branches", default="1,2,4,8,16", help="live branch counts to time (comma-separated)")
+    p.add_argument("--branch-tokens", type=int, default=32, help="body steps per branch in (a)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per branch count in (a)")
+    p.add_argument("--new-tokens", type=int, default=64, help="new tokens per run in (b)")
+    p.add_argument("--serial-repeats", type=int, default=5, help="timed runs per side in (b)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first, in (a) and (b)")
+    p.add_argument("--prompt", default=PROMPT)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", default=None,
+                   help="output path without extension; writes .json and .md "
+                        "(default: benchmarks/results/engine_speed_<device>_<model>)")
+    args = p.parse_args(argv)
+    from aspd.loading import default_device, resolve_dtype
+
+    args.device = args.device or default_device()
+    args.branches = [int(x) for x in args.branches.split(",")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = resolve_dtype(args.dtype, args.device)
+    model, tok = load(args.model, args.device, args.dtype)
+    eng = HybridEngine(model, tok)
+    eng.eot = set()  # fixed-length runs: no end-of-turn stops a branch or the serial decode early
+
+    name = Path(args.model).name if os.sep in args.model else args.model
+    out = Path(args.out) if args.out else Path("benchmarks/results") / f"engine_speed_{args.device.split(':')[0]}_{name}"
+    if out.suffix in (".json", ".md"):
+        out = out.with_suffix("")
+    import transformers
+
+    res: dict[str, Any] = {
+        "benchmark": "engine_speed",
+        "command": command(),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine(args.device),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "model": args.model, "device": args.device, "dtype": str(dtype).removeprefix("torch."),
+        "settings": {k: getattr(args, k) for k in ("branches", "branch_tokens", "repeats", "new_tokens",
+                                                     "serial_repeats", "warmup", "prompt")},
+    }
+    print(f"engine_speed: {args.model} on {args.device} ({res['dtype']})", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    load_before = os.getloadavg()
+    res["branch_steps"] = bench_branches(eng, args)
+    res["serial"] = bench_serial(eng, args)
+    res["total_seconds"] = round(time.perf_counter() - t0, 1)
+    # Other processes on the machine skew timings; the 1-minute load average says whether they were around.
+    res["machine"]["load_avg_1m"] = {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
+    md = markdown(res)
+    out.with_suffix(".md").write_text(md)
+    print(md)
+    print(f"wrote {out}.json and {out}.md", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
