@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def read_prompts(path: str, limit: int | None) -> list[tuple[dict[str, Any], list[dict[str, str]]]]:
-    from aspd.train.data import record_messages
+    from aspd.sample import record_messages
 
     out = []
     with open(path, encoding="utf-8") as f:

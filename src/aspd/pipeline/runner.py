@@ -21,6 +21,7 @@ from typing import Any
 
 from aspd.pipeline.stages import StageConfig, process_sample
 from aspd.pipeline.types import Judge, Rewriter, Sample
+from aspd.sample import record_messages
 
 __all__ = ["InputError", "RunConfig", "read_output", "read_samples", "run_transform", "sample_from_record",
            "summarize", "transform"]
@@ -52,40 +53,10 @@ def sample_from_record(obj: Any, lineno: int) -> Sample:
         sid = str(raw_id)
     else:
         raise ValueError(f"'id' must be a non-empty string or an integer, got {raw_id!r}")
-    answer = obj.get("answer")
-    if "messages" in obj:
-        msgs = obj["messages"]
-        if not isinstance(msgs, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in msgs
-        ):
-            raise ValueError("'messages' must be a list of {role, content} objects with string values")
-        messages = [{"role": m["role"], "content": m["content"]} for m in msgs]
-        if messages and messages[-1]["role"] == "assistant" and (answer is None or answer == messages[-1]["content"]):
-            answer = messages.pop()["content"]
-        if not messages or messages[-1]["role"] == "assistant":
-            raise ValueError("'messages' must end with the question (a non-assistant turn) before the answer")
-    else:
-        question = next((obj[k] for k in ("question", "prompt", "instruction") if k in obj), None)
-        if not isinstance(question, str) or not question.strip():
-            raise ValueError("needs 'messages' or a non-empty 'question' (or 'prompt' / 'instruction')")
-        context = obj.get("context") or obj.get("input")
-        if context:
-            if not isinstance(context, str):
-                raise ValueError("'context' must be a string")
-            question = f"{question}\n\n{context}"  # as `aspd train` builds it: instruction, then its input
-        messages = []
-        if obj.get("system"):
-            messages.append({"role": "system", "content": str(obj["system"])})
-        history = obj.get("history") or []
-        if not isinstance(history, list):
-            raise ValueError("'history' must be a list of {question, answer} objects")
-        for turn in history:
-            if not isinstance(turn, dict) or "question" not in turn or "answer" not in turn:
-                raise ValueError("'history' must be a list of {question, answer} objects")
-            messages.append({"role": "user", "content": str(turn["question"])})
-            messages.append({"role": "assistant", "content": str(turn["answer"])})
-        messages.append({"role": "user", "content": question})
+    messages, last_turn = record_messages(obj)
+    answer = obj.get("answer", last_turn)
+    if last_turn is not None and answer != last_turn:
+        raise ValueError("'messages' ends with an assistant turn that differs from 'answer'")
     if not isinstance(answer, str) or not answer.strip():
         raise ValueError("needs a non-empty string 'answer' (the target model's own response)")
     return Sample(id=sid, messages=messages, answer=answer, record=obj)

@@ -12,8 +12,8 @@ import torch
 
 from aspd.attention import model_mask
 from aspd.layout import Layout, MaskMode, PosMode, Span, build_layout
-from aspd.markup import Document, MarkupError, Serial, flatten, from_token_text, parse
-from aspd.sample import Message, chat_spans
+from aspd.markup import Document, Serial, flatten
+from aspd.sample import Message, chat_spans, parse_answer, record_messages
 from aspd.tokens import ControlIds
 
 
@@ -28,46 +28,6 @@ class Record:
     id: str
     messages: list[Message]
     answer: Document
-
-
-def record_messages(obj: dict[str, Any]) -> tuple[list[Message], str | None]:
-    """Accept {messages: [...]} (last assistant turn = answer) or {question|prompt|instruction, ...}."""
-    if "messages" in obj:
-        msgs = [dict(m) for m in obj["messages"]]
-        if not all(isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in msgs):
-            raise ValueError("every message needs string 'role' and 'content'")
-        answer = None
-        if msgs and msgs[-1]["role"] == "assistant":
-            answer = msgs.pop()["content"]
-        return msgs, answer
-    question = obj.get("question", obj.get("prompt", obj.get("instruction")))
-    if not isinstance(question, str) or not question.strip():
-        raise ValueError("needs 'messages' or a non-empty 'question' (or 'prompt'/'instruction')")
-    context = obj.get("context") or obj.get("input")
-    if context:  # Alpaca-style: the instruction, then its input
-        question = f"{question}\n\n{context}"
-    msgs: list[Message] = []
-    if obj.get("system"):
-        msgs.append({"role": "system", "content": str(obj["system"])})
-    for turn in obj.get("history") or []:  # earlier turns re-enter as flattened text
-        msgs.append({"role": "user", "content": str(turn["question"])})
-        msgs.append({"role": "assistant", "content": _flat_text(str(turn["answer"]))})
-    msgs.append({"role": "user", "content": question})
-    return msgs, None
-
-
-def _flat_text(answer: str) -> str:
-    try:
-        return flatten(parse_answer(answer))
-    except MarkupError:
-        return answer
-
-
-def parse_answer(text: str) -> Document:
-    """An answer in data markup, or already rendered in the model token format, or plain text."""
-    if "<|para|>" in text or "<|title|>" in text:
-        return from_token_text(text)
-    return parse(text)
 
 
 def read_records(path: str | Path, *, serial: bool = False, on_error: str = "raise") -> list[Record]:
