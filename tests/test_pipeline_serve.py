@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import torch
+from serverutil import running_server
 
 from aspd.cli import main
 from aspd.pipeline.backends.openai_compat import OpenAICompatBackend
@@ -58,36 +53,8 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     log = root / "server.log"
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "aspd.cli", "serve", "--model", str(folder), "--host", "127.0.0.1",
-           "--port", "0", "--max-queue", "64", "--log-level", "warning"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 90
-        url = None
-        while url is None:
-            assert proc.poll() is None, f"server exited:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"server did not start:\n{log.read_text()}"
-            m = re.search(r"on (http://127\.0\.0\.1:\d+)/v1", log.read_text())
-            url = m.group(1) if m else None
-            time.sleep(0.2)
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"server not healthy:\n{log.read_text()}"
-            time.sleep(0.2)
+    with running_server(folder, log, max_queue=64, log_level="warning", timeout=90) as (url, proc):
         yield f"{url}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 ANSWERS = [

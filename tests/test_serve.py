@@ -8,10 +8,7 @@ are checked in-process with an engine that forces a group at the start of every 
 from __future__ import annotations
 
 import json
-import os
-import re
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +19,7 @@ import httpx
 import openai
 import pytest
 import torch
+from serverutil import running_server
 
 from aspd.engine import HybridEngine, Limits, SamplingParams
 from aspd.markup import render
@@ -68,36 +66,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = root / MODEL_ID
     make_model(folder)
     log = root / "server.log"
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "aspd.cli", "serve", "--model", str(folder), "--host", "127.0.0.1",
-           "--port", "0", "--max-queue", "1", "--log-level", "info"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 60
-        url = None
-        while url is None:
-            assert proc.poll() is None, f"server exited:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"server did not start:\n{log.read_text()}"
-            m = re.search(r"on (http://127\.0\.0\.1:\d+)/v1", log.read_text())
-            url = m.group(1) if m else None
-            time.sleep(0.2)
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"server not healthy:\n{log.read_text()}"
-            time.sleep(0.2)
+    with running_server(folder, log, max_queue=1, log_level="info", timeout=60) as (url, proc):
         yield Server(url, proc, log, folder)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def chat_body(**kw: Any) -> dict[str, Any]:

@@ -155,32 +155,20 @@ def load_engine(args: argparse.Namespace) -> Any:
     from transformers.utils import logging as hf_logging
 
     from aspd.engine.core import HybridEngine
-    from aspd.layout import MaskMode, PosMode
-    from aspd.loading import load_model, model_folder, read_aspd_config
-    from aspd.tokens import DEFAULT_TOKENS, add_control_tokens
 
-    # Load-time chatter (per-tensor progress bars, tokenizer advice) is noise on a CLI's stderr.
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    name = args.model
+    hf_logging.set_verbosity_error()  # tokenizer advice is noise on a CLI's stderr
     try:
-        folder = model_folder(name)
-        meta = read_aspd_config(folder)
-        model, tok = load_model(folder, device=args.device, dtype=args.dtype, attn=args.attn)
-        if not all(t in tok.get_vocab() for t in DEFAULT_TOKENS.all()):
-            add_control_tokens(tok, model)
-            print(f"aspd: note: {name} is not an ASPD model (no control tokens); it will answer serially",
-                  file=sys.stderr)
-        return HybridEngine(
-            model, tok,
-            mask_mode=args.mask_mode or meta.get("mask_mode", MaskMode.INDEP.value),
-            pos_mode=args.pos_mode or meta.get("pos_mode", PosMode.SAME_SEQ.value),
-        )
+        engine = HybridEngine.from_pretrained(args.model, device=args.device, dtype=args.dtype, attn=args.attn,
+                                              mask_mode=args.mask_mode, pos_mode=args.pos_mode)
     except CLIError:
         raise
     except Exception as e:  # a CLI reports load failures in one line; the library raises them as usual
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CLIError(f"cannot load model {name!r}: {detail}") from None
+        raise CLIError(f"cannot load model {args.model!r}: {detail}") from None
+    if not engine.is_aspd_model:
+        print(f"aspd: note: {args.model} is not an ASPD model (no control tokens); it will answer serially",
+              file=sys.stderr)
+    return engine
 
 
 def answer_prefix_ids(engine: Any, text: str) -> list[int]:

@@ -20,7 +20,7 @@ from aspd.engine.text import Detokenizer
 from aspd.layout import MAIN, MaskMode, PositionPlanner, PosMode, visibility
 from aspd.markup import Branch, Document, Group, Serial, flatten
 from aspd.sample import Message, end_of_turn_ids, prompt_ids
-from aspd.tokens import ControlIds, add_control_tokens, branch_prefix_ids
+from aspd.tokens import DEFAULT_TOKENS, ControlIds, add_control_tokens, branch_prefix_ids
 
 Stream = tuple[int, int]  # (MAIN, MAIN) or (group, branch)
 MAIN_STREAM: Stream = (MAIN, MAIN)
@@ -133,6 +133,7 @@ class HybridEngine:
         self.pos_mode = PosMode(pos_mode)
         self.predict_scale = predict_scale
         self.predicted_length = predicted_length
+        self.is_aspd_model = True
         self.windows = layer_windows(model.config)
         self.mask_dtype = mask_dtype(model)
         self.device = next(model.parameters()).device
@@ -148,14 +149,26 @@ class HybridEngine:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, device: str | None = None, dtype: str = "auto",
-                        attn: str = "sdpa", **kw: Any) -> HybridEngine:
+                        attn: str = "sdpa", mask_mode: str | None = None, pos_mode: str | None = None,
+                        **kw: Any) -> HybridEngine:
+        """Load a model (registry name or folder). Mask/position modes default to the model's aspd.json.
+
+        A plain (not ASPD-trained) model gets the control tokens with rows at the mean embedding, so it never
+        picks them and answers serially; `engine.is_aspd_model` tells which case it was.
+        """
+        from transformers.utils import logging as hf_logging
+
         from aspd.loading import load_model, read_aspd_config
 
+        hf_logging.disable_progress_bar()  # per-tensor load bars are noise for an engine user
         model, tok = load_model(name_or_path, device=device, dtype=dtype, attn=attn)
         meta = read_aspd_config(name_or_path)
-        kw.setdefault("mask_mode", meta.get("mask_mode", MaskMode.INDEP.value))
-        kw.setdefault("pos_mode", meta.get("pos_mode", PosMode.SAME_SEQ.value))
-        return cls(model, tok, **kw)
+        is_aspd = all(t in tok.get_vocab() for t in DEFAULT_TOKENS.all())
+        add_control_tokens(tok, model)  # idempotent; also grows the rows if only the tokenizer had them
+        engine = cls(model, tok, mask_mode=mask_mode or meta.get("mask_mode", MaskMode.INDEP.value),
+                     pos_mode=pos_mode or meta.get("pos_mode", PosMode.SAME_SEQ.value), **kw)
+        engine.is_aspd_model = is_aspd
+        return engine
 
     def _ban(self, ids: Sequence[int]) -> torch.Tensor:
         m = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)

@@ -46,30 +46,24 @@ def load_served(args: argparse.Namespace) -> Any:
     from transformers.utils import logging as hf_logging
 
     from aspd.engine.core import HybridEngine
-    from aspd.layout import MaskMode, PosMode
-    from aspd.loading import load_model, model_folder, read_aspd_config
+    from aspd.loading import model_folder
     from aspd.serve.app import ServedModel, context_length, sampling_defaults
-    from aspd.tokens import DEFAULT_TOKENS, add_control_tokens
 
-    hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    log = logging.getLogger("aspd.serve")
     name = args.model
     try:
         folder = model_folder(name)
-        meta = read_aspd_config(folder)
-        model, tok = load_model(folder, device=args.device, dtype=args.dtype, attn=args.attn)
-        if not all(t in tok.get_vocab() for t in DEFAULT_TOKENS.all()):
-            log.warning("%s is not an ASPD model (no control tokens): added them; it will answer serially", name)
-        add_control_tokens(tok, model)  # idempotent; also grows the rows if only the tokenizer had them
-        engine = HybridEngine(model, tok,
-                              mask_mode=args.mask_mode or meta.get("mask_mode", MaskMode.INDEP.value),
-                              pos_mode=args.pos_mode or meta.get("pos_mode", PosMode.SAME_SEQ.value))
+        engine = HybridEngine.from_pretrained(str(folder), device=args.device, dtype=args.dtype, attn=args.attn,
+                                              mask_mode=args.mask_mode, pos_mode=args.pos_mode)
     except CLIError:
         raise
     except Exception as e:  # one line for the user; the library raises as usual
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CLIError(f"cannot load model {name!r}: {detail}") from None
+    if not engine.is_aspd_model:
+        logging.getLogger("aspd.serve").warning(
+            "%s is not an ASPD model (no control tokens): added them; it will answer serially", name)
+    model = engine.model
     model_id = args.served_model_name or Path(name).name or name
     return ServedModel(engine, model_id, aliases={name, str(folder)}, context=context_length(model),
                        defaults=sampling_defaults(model))
