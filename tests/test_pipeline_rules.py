@@ -1,0 +1,352 @@
+"""Rule-based rewriter and likelihood independence judge (DESIGN.md section 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aspd.attention import forward_layout
+from aspd.layout import Kind, build_layout
+from aspd.markup import Branch, Document, Group, Serial, flatten, parse, same_text
+from aspd.pipeline.likelihood import LikelihoodJudge, branch_dependence, pooled
+from aspd.pipeline.rules import RuleRewriter, find_runs, title_from
+from aspd.pipeline.types import Candidate, Sample
+from aspd.sample import chat_spans
+from aspd.testing import tiny_model, tiny_tokenizer
+from aspd.tokens import add_control_tokens
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def rewrite(answer: str, n: int = 4) -> list[Candidate]:
+    out = asyncio.run(RuleRewriter().rewrite(Sample("s", [{"role": "user", "content": "q"}], answer, {}), n))
+    for c in out:
+        if c.markup is not None:
+            assert c.has_parallel and same_text(flatten(parse(c.markup)), answer), c.markup
+    return out
+
+
+def groups_of(c: Candidate) -> list[list[tuple[str, str]]]:
+    assert c.markup is not None
+    return [[(b.title, b.text) for b in g.branches] for g in parse(c.markup).groups]
+
+
+def by_source(cands: list[Candidate]) -> dict[str, Candidate]:
+    return {c.source: c for c in cands}
+
+
+# ---------------------------------------------------------------------------------------------- rules
+
+NUMBERED = """Here are three tips:
+
+1. **Eat well**: Focus on vegetables.
+2. Exercise regularly. At least 30 minutes.
+3) Sleep: 8 hours a night.
+
+In summary, habits matter."""
+
+
+def test_numbered_list_keeps_markers_and_exact_text() -> None:
+    (c,) = rewrite(NUMBERED)
+    assert c.source == "rules:outer"
+    assert groups_of(c) == [[
+        ("Eat well", "1. **Eat well**: Focus on vegetables."),
+        ("Exercise regularly", "2. Exercise regularly. At least 30 minutes."),
+        ("Sleep", "3) Sleep: 8 hours a night."),
+    ]]
+    assert flatten(parse(c.markup or "")) == NUMBERED  # tags on their own lines: exact, not only same_text
+    doc = parse(c.markup or "")
+    assert doc.segments[0] == parse("Here are three tips:\n").segments[0]
+
+
+def test_bullets_in_two_lists_make_two_groups() -> None:
+    answer = "Pros:\n- fast\n- cheap\n\nCons:\n* slow\n* ugly\n• heavy\n"
+    cands = by_source(rewrite(answer))
+    assert set(cands) == {"rules:outer", "rules:longest"}  # inner and lists equal outer: deduplicated
+    assert groups_of(cands["rules:outer"]) == [
+        [("fast", "- fast"), ("cheap", "- cheap")],
+        [("slow", "* slow"), ("ugly", "* ugly"), ("heavy", "• heavy")],
+    ]
+    assert [len(g) for g in groups_of(cands["rules:longest"])] == [3]
+
+
+HEADED = """# Guide
+Intro text.
+
+## Diet
+Eat well.
+
+- fruit
+- veg
+
+## Exercise
+Move every day.
+
+## Conclusion
+Done."""
+
+
+def test_headed_sections_outer_and_lists_inner() -> None:
+    cands = by_source(rewrite(HEADED))
+    assert groups_of(cands["rules:outer"]) == [[
+        ("Diet", "## Diet\nEat well.\n\n- fruit\n- veg"),
+        ("Exercise", "## Exercise\nMove every day."),
+    ]]
+    # The closing section and the title stay serial.
+    serial = [s.text for s in parse(cands["rules:outer"].markup or "").segments if not isinstance(s, Group)]
+    assert serial == ["# Guide\nIntro text.\n", "\n## Conclusion\nDone."]
+    assert groups_of(cands["rules:inner"]) == [[("fruit", "- fruit"), ("veg", "- veg")]]
+
+
+def test_bold_line_headings_and_closing_paragraph() -> None:
+    answer = "**Pros:**\nIt is fast.\n\n**Cons:**\nIt is slow.\n\nOverall, it depends."
+    (c,) = rewrite(answer)
+    assert groups_of(c) == [[("Pros", "**Pros:**\nIt is fast."), ("Cons", "**Cons:**\nIt is slow.")]]
+    assert parse(c.markup or "").segments[-1] == Serial("\nOverall, it depends.")
+
+
+def test_labelled_paragraphs() -> None:
+    answer = (
+        "Consider these options.\n\nOption A: cheap but slow.\n\n**Option B**: fast but pricey.\n"
+        "Also loud.\n\nOption C: balanced.\n\nChoose wisely. It matters."
+    )
+    (c,) = rewrite(answer)
+    assert groups_of(c) == [[
+        ("Option A", "Option A: cheap but slow."),
+        ("Option B", "**Option B**: fast but pricey.\nAlso loud."),
+        ("Option C", "Option C: balanced."),
+    ]]
+
+
+def test_code_fences_are_never_split_or_searched() -> None:
+    code = "```bash\npip install x\n2. not an item\n- nor this\n# nor a heading\n```"
+    answer = f"Steps:\n\n1. Install:\n{code}\n2. Run it:\n\n    x --go\n\nDone."
+    (c,) = rewrite(answer)
+    assert groups_of(c) == [[("Install", f"1. Install:\n{code}"), ("Run it", "2. Run it:\n\n    x --go")]]
+    # A fence alone never yields a group, whatever it holds.
+    assert rewrite(f"Look:\n\n{code}\n\n~~~\n- a\n- b\n~~~")[0].has_parallel is False
+
+
+def test_nested_lists_stay_in_their_parent_item() -> None:
+    answer = "1. Setup\n   - a\n   - b\n2. Use\n   1. one\n   2. two\n\n   More about use.\n"
+    cands = rewrite(answer)
+    assert len(cands) == 1
+    assert groups_of(cands[0]) == [[
+        ("Setup", "1. Setup\n   - a\n   - b"),
+        ("Use", "2. Use\n   1. one\n   2. two\n\n   More about use."),
+    ]]
+
+
+def test_unindented_paragraphs_of_numbered_items() -> None:
+    # LLM style: the paragraphs of an item are not indented; numbering resuming says they belong to it.
+    answer = "1. **First**\n\nWhy it matters.\n\n- sub a\n- sub b\n\n2. **Second**\n\nMore.\n\nIn short, do both."
+    (c,) = rewrite(answer)
+    assert groups_of(c) == [[
+        ("First", "1. **First**\n\nWhy it matters.\n\n- sub a\n- sub b"),
+        ("Second", "2. **Second**\n\nMore."),
+    ]]
+    # A new list starting over at 1 is a new run, and "1. 1. 1." (Markdown auto-numbering) is one run.
+    runs = find_runs("1. a\n2. b\n\nThen:\n\n1. c\n2. d\n\n1. x\n1. y\n1. z")
+    assert [len(r.items) for r in runs] == [2, 2, 3]
+
+
+def test_no_structure_gives_one_negative_candidate() -> None:
+    (c,) = rewrite("Just a plain answer with no structure.\n\nIt has: two paragraphs. Really.")
+    assert c.has_parallel is False and c.markup is None and c.source == "rules"
+    assert rewrite("- only one item\n\nText.")[0].has_parallel is False
+    assert rewrite("") == [Candidate(c.raw, False, None, "rules")]
+    assert asyncio.run(RuleRewriter().rewrite(Sample("s", [], NUMBERED, {}), 0)) == []
+
+
+def test_titles_are_short_clean_and_unique() -> None:
+    assert title_from("3. **Use [pandas](https://x.org)** for `data` loading") == "Use pandas"
+    assert title_from("- Eat a balanced diet rich in fruit and vegetables every day") == "Eat a balanced diet rich in"
+    assert title_from("## 2. Set up the <env>") == "Set up the env"
+    assert title_from("Basketball - a team sport.") == "Basketball"
+    (c,) = rewrite("- Example: one\n- Example: two\n- example: three\n- ***\n")
+    assert [t for t, _ in groups_of(c)[0]] == ["Example", "Example 2", "example 3", "Item 4"]
+
+
+def test_answer_with_markup_tags_is_left_alone() -> None:
+    answer = '1. Write <branchgroup> here\n2. and <branch title="x"> there'
+    assert rewrite(answer)[0].has_parallel is False
+    ok = rewrite("1. `git checkout <branch>`\n2. `git push`")  # only real tags are markup
+    assert ok[0].has_parallel
+
+
+def test_strategies_limit_and_determinism() -> None:
+    answer = HEADED + "\n\nNotes:\n\n1. one\n2. two\n3. three"
+    a, b = rewrite(answer, 4), rewrite(answer, 4)
+    assert a == b and len({c.markup for c in a}) == len(a)
+    assert [c.source for c in rewrite(answer, 2)] == [c.source for c in a[:2]]
+    with pytest.raises(ValueError):
+        RuleRewriter(["nope"])
+
+
+# A random list-like answer: intro, lists (maybe nested, maybe with code), headings, labels, prose.
+_word = st.text(alphabet="abcdefgh XYZ:*_#-.<>&\"'`", min_size=1, max_size=12)
+_line = st.lists(_word, min_size=1, max_size=6).map(" ".join)
+
+
+@st.composite
+def _answers(draw: st.DrawFn) -> str:
+    parts: list[str] = []
+    for _ in range(draw(st.integers(1, 5))):
+        kind = draw(st.sampled_from(["numbered", "bullets", "heading", "label", "prose", "code"]))
+        sep = draw(st.sampled_from(["\n", "\n\n"]))
+        indent = draw(st.sampled_from(["", "  ", "\t"]))
+        if kind in ("numbered", "bullets"):
+            items = []
+            for i in range(draw(st.integers(1, 4))):
+                marker = f"{i + 1}{draw(st.sampled_from('.)'))}" if kind == "numbered" else draw(st.sampled_from("-*•+"))
+                item = f"{indent}{marker} {draw(_line)}"
+                if draw(st.booleans()):
+                    item += f"\n{indent}   - {draw(_line)}"
+                if draw(st.booleans()):
+                    item += f"\n{draw(_line)}"
+                items.append(item)
+            parts.append(sep.join(items))
+        elif kind == "heading":
+            parts.append(f"{draw(st.sampled_from(['#', '##', '**']))} {draw(_line)}\n{draw(_line)}")
+        elif kind == "label":
+            parts.append(f"{draw(st.sampled_from(['Step', 'Note', '**Tip**', 'A b']))}: {draw(_line)}")
+        elif kind == "code":
+            parts.append(f"```\n1. {draw(_line)}\n- {draw(_line)}\n```")
+        else:
+            parts.append(draw(_line))
+    return draw(st.sampled_from(["\n", "\n\n", "\r\n"])).join(parts)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_answers())
+def test_any_markup_parses_and_flattens_back(answer: str) -> None:
+    cands = RuleRewriter().candidates(answer, 4)
+    assert cands and all(c.source.startswith("rules") for c in cands)
+    for c in cands:
+        if c.markup is None:
+            assert c.has_parallel is False and len(cands) == 1
+            continue
+        doc = parse(c.markup)
+        assert doc.groups and same_text(flatten(doc), answer)
+        for g in doc.groups:
+            titles = [b.title for b in g.branches]
+            assert len(titles) >= 2 and all(titles) and len(set(titles)) == len(titles)
+            assert all(len(t.split()) <= 6 and "\n" not in t for t in titles)
+            assert all(b.text.strip() for b in g.branches)
+    assert RuleRewriter().candidates(answer, 4) == cands
+
+
+# ---------------------------------------------------------------------------------------------- likelihood
+
+MESSAGES = [{"role": "user", "content": "Give me three tips for staying healthy."}]
+TIPS = Group((
+    Branch("Diet", "1. Eat a balanced diet."),
+    Branch("Exercise", "2. Exercise regularly."),
+    Branch("Sleep", "3. Sleep well."),
+))
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[object, object, object]:
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", len(tok) + 6)
+    return model, tok, add_control_tokens(tok, model)
+
+
+def _reference(model: object, tok: object, ctrl: object, before: str, group: Group) -> list[tuple[float, float]]:
+    """(changed, nll_increase) per branch over all body tokens, from two plain `forward_layout` calls."""
+    layouts = []
+    for mode in ("shared", "indep"):
+        spans = chat_spans(tok, ctrl, MESSAGES, Document((Serial(before), group)), add_eot=False)
+        lay = build_layout(spans, mask_mode=mode)
+        layouts.append(dataclasses.replace(lay, position_ids=torch.arange(len(lay))))
+    with torch.no_grad():
+        la, lb = (forward_layout(model, lay)[:-1] for lay in layouts)
+    tgt, lay = layouts[0].input_ids[1:], layouts[0]
+    nll = [torch.nn.functional.cross_entropy(x, tgt, reduction="none") for x in (la, lb)]
+    out = []
+    for b in range(len(group.branches)):
+        sel = (lay.kinds[1:] == int(Kind.BODY)) & (lay.branch[1:] == b)
+        changed = (la.argmax(-1)[sel] != lb.argmax(-1)[sel]).float().mean()
+        out.append((float(changed), float((nll[1][sel] - nll[0][sel]).mean())))
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_branch_dependence_matches_two_plain_forwards(arch: str) -> None:
+    tok = tiny_tokenizer()
+    model = tiny_model(arch, len(tok) + 6)
+    ctrl = add_control_tokens(tok, model)
+    figs = branch_dependence(model, tok, ctrl, MESSAGES, "Here are three tips:", TIPS, content_only=False)
+    ref = _reference(model, tok, ctrl, "Here are three tips:", TIPS)
+    for f, (changed, increase) in zip(figs, ref, strict=True):
+        assert f["tokens"] == f["body_tokens"] > 0
+        assert f["changed"] == pytest.approx(changed) and f["nll_increase"] == pytest.approx(increase, abs=1e-4)
+
+
+def test_branch_dependence_figures_on_a_tiny_model(tiny: tuple) -> None:
+    model, tok, ctrl = tiny
+    figs = branch_dependence(model, tok, ctrl, MESSAGES, "Here are three tips:", TIPS)
+    assert [f["title"] for f in figs] == ["Diet", "Exercise", "Sleep"]
+    for f in figs:
+        assert 0 < f["tokens"] < f["body_tokens"]  # content only: "1", ".", " " are not scored
+        assert 0.0 <= f["changed"] <= 1.0
+        assert all(math.isfinite(f[k]) for k in ("nll_shared", "nll_indep", "nll_increase"))
+        assert f["nll_increase"] == pytest.approx(f["nll_indep"] - f["nll_shared"])
+    # Branch 0 sees no sibling under either mask and keeps its positions: identical by construction.
+    assert figs[0]["changed"] == 0.0 and figs[0]["nll_increase"] == 0.0
+    assert any(f["changed"] > 0 for f in figs[1:])  # a random model does react to hidden siblings
+    assert branch_dependence(model, tok, ctrl, MESSAGES, "Here are three tips:", TIPS) == figs
+    p = pooled(figs)
+    assert p["tokens"] == figs[1]["tokens"] + figs[2]["tokens"]
+    assert min(f["changed"] for f in figs[1:]) <= p["changed"] <= max(f["changed"] for f in figs[1:])
+    assert pooled(figs[:1]) == {"tokens": 0, "changed": 0.0, "nll_increase": 0.0}
+
+
+def test_likelihood_judge_votes(tiny: tuple) -> None:
+    model, tok, _ = tiny
+    sample = Sample("s", MESSAGES, "", {})
+    lax = LikelihoodJudge(model, tokenizer=tok, max_changed=1.0, max_nll_increase=math.inf)
+    strict = LikelihoodJudge(model, tokenizer=tok, max_changed=0.0, max_nll_increase=-1.0)
+    votes = asyncio.run(lax.independence(sample, "Here are three tips:", TIPS, 3))
+    assert len(votes) == 3 and all(v == votes[0] for v in votes) and votes[0].verdict is True
+    assert "change their greedy prediction" in votes[0].reason and "'Sleep'" in votes[0].reason
+    (no,) = asyncio.run(strict.independence(sample, "Here are three tips:", TIPS, 1))
+    assert no.verdict is False and no.reason.startswith("dependent")
+    assert asyncio.run(lax.independence(sample, "", TIPS, 2))[0].verdict is True  # nothing before: fine too
+    with pytest.raises(NotImplementedError):
+        asyncio.run(lax.integrity(sample, parse("x"), 3))
+    with pytest.raises(NotImplementedError):
+        asyncio.run(lax.answer(sample, parse("x"), 3))
+    with pytest.raises(ValueError):
+        LikelihoodJudge(model)
+
+
+def _smollm2_cached() -> bool:
+    from aspd.models.fetch import is_cached
+
+    return is_cached("smollm2-135m")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _smollm2_cached(), reason="smollm2-135m is not in the model cache (ASPD_CACHE)")
+def test_repeated_sibling_shows_more_dependence_on_smollm2() -> None:
+    from aspd.models.fetch import model_dir
+
+    judge = LikelihoodJudge(model_dir("smollm2-135m"), device="cpu", dtype="float32")
+    sample = Sample("s", [{"role": "user", "content": "Name two unrelated facts."}], "", {})
+    fact = "The violinist Okonkwo tuned her zither beside the quartz aqueduct in Vilnius at dawn."
+    unrelated = Group((Branch("Music", fact), Branch("Space", "Jupiter is the largest planet in our solar system.")))
+    repeated = Group((Branch("Music", fact), Branch("Again", fact)))
+    free = pooled(judge.figures(sample, "Here are two facts:", unrelated))
+    copy = pooled(judge.figures(sample, "Here are two facts:", repeated))
+    # Seeing the sibling makes the copy far easier; hiding it costs much more than for an unrelated branch.
+    assert copy["nll_increase"] > free["nll_increase"] + 1.0 and copy["changed"] > free["changed"]
+    (vote,) = asyncio.run(judge.independence(sample, "Here are two facts:", repeated, 1))
+    assert vote.verdict is False
