@@ -4,8 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # On machines whose pip finds the local CPU wheel this takes seconds; elsewhere it comes from the normal index.
 TORCH_SPEC ?= torch==2.13.0
-MODEL ?= smollm2-135m
-PROMPT ?= Give three tips for staying healthy.
+MODEL ?= aspd-smollm2-135m
+PROMPT ?= What are some tips for learning a new language?
 
 .PHONY: setup generate test lint
 

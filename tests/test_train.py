@@ -63,6 +63,8 @@ def test_lora_trains_adapters_and_new_token_rows_only(tiny_folder, data_file, tm
     assert all("lora_" in k or "trainable_tokens" in k for k in saved), list(saved)
     rows = [v for k, v in saved.items() if "trainable_tokens" in k]
     assert rows and all(v.shape[0] == 6 for v in rows)
+    # The tiny model's head is untied: its control-token rows must train too, or they could never be emitted.
+    assert any("lm_head" in k and "trainable_tokens" in k for k in saved), list(saved)
 
     # Loading rebuilds base + control tokens + adapter; the result equals the unmerged peft model.
     from peft import PeftModel
@@ -82,6 +84,19 @@ def test_lora_trains_adapters_and_new_token_rows_only(tiny_folder, data_file, tm
         got, want, untrained = merged(ids).logits, ref(ids).logits, plain(ids).logits
     assert (got - want).abs().max() < 1e-4
     assert (got - untrained).abs().max() > 1e-2
+    ctrl_ids = tok.convert_tokens_to_ids(["<|title|>", "<|para|>"])
+    assert (got[..., ctrl_ids] - untrained[..., ctrl_ids]).abs().max() > 1e-2  # head rows learned
+
+    # Packed as a derived-model artifact (bf16 factors) and rebuilt: the same model up to bf16 rounding.
+    from aspd.models.derived import build, pack
+
+    info = pack(out, tmp_path / "artifact", base="tiny")
+    assert info["bytes"] < adapter.stat().st_size and info["sha256"]
+    built = build(str(tmp_path / "artifact"), tmp_path / "built", base_folder=tiny_folder, dtype="float32")
+    assert built["base_model"] == "tiny" and built["artifact_sha256"] == info["sha256"]
+    rebuilt, _ = load_model(tmp_path / "built", device="cpu", dtype="float32")
+    with torch.no_grad():
+        assert (rebuilt(ids).logits - got).abs().max() < 0.05 * (got - untrained).abs().max()
 
 
 def test_resume_continues_from_checkpoint(tiny_folder, data_file, tmp_path):

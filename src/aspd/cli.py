@@ -16,6 +16,7 @@ _SUBCOMMANDS = {
     "serve": "aspd.serve.cli",
     "transform": "aspd.pipeline.cli",
     "distill": "aspd.distill",
+    "bench": "aspd.bench.cli",
 }
 
 
@@ -36,6 +37,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv[0] if argv else None).parse_args(argv)
+    args.argv = argv  # the command as given, for reports that record how they were made
     try:
         return int(args.func(args) or 0)
     except CLIError as e:

@@ -75,18 +75,21 @@ def load_model(
 
 
 def _load_adapter(folder: Path, tokenizer: Any, dtype: torch.dtype, attn: str) -> Any:
+    meta_file = folder / "aspd.json"
+    if meta_file.exists():
+        base = json.loads(meta_file.read_text())["base_model"]
+    else:
+        base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    return load_adapter_model(folder, model_folder(base), dtype, attn)
+
+
+def load_adapter_model(folder: Path, base_folder: Path, dtype: torch.dtype, attn: str) -> Any:
     """A LoRA run: base weights + the same control-token init as training + adapter, merged for speed."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from aspd.tokens import add_control_tokens
 
-    meta_file = folder / "aspd.json"
-    if meta_file.exists():
-        base = json.loads(meta_file.read_text())["base_model"]
-    else:
-        base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
-    base_folder = model_folder(base)
     # Merge in fp32, then cast: merging in bf16 would round the low-rank update away.
     model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32, attn_implementation=attn)
     add_control_tokens(load_tokenizer(base_folder), model)

@@ -17,7 +17,7 @@ from aspd.cli import CLIError
 
 # The product default is the ASPD fine-tune `aspd-smollm2-135m`; it does not exist yet, so the plain base
 # model stands in (it answers serially: its control-token rows are untrained).
-DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_MODEL = "aspd-smollm2-135m"
 
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 MODES = ("hybrid", "serial")

@@ -1,4 +1,4 @@
-"""`aspd models list | fetch | verify`."""
+"""`aspd models list | fetch | verify | pack`."""
 
 from __future__ import annotations
 
@@ -55,6 +55,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pack(args: argparse.Namespace) -> int:
+    import json
+
+    from aspd.models.derived import pack
+
+    print(json.dumps(pack(args.run, args.out, base=args.base)))
+    return 0
+
+
 def register(subparsers: Any) -> None:
     """Add `models` and its subcommands to the top-level `aspd` parser."""
     models = subparsers.add_parser(
@@ -89,5 +98,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("name")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("pack", help="turn an `aspd train --lora` output into a compact derived-model artifact")
+    p.add_argument("run", help="the training output folder")
+    p.add_argument("out", help="artifact folder to write")
+    p.add_argument("--base", default=None, help="registry name of the base model (default: the run's)")
+    p.set_defaults(func=_cmd_pack)
 
     models.set_defaults(func=_cmd_list, cache=None)  # `aspd models` alone lists

@@ -470,6 +470,8 @@ def _reusable(name: str, target: Path, spec: ModelSpec | None, dtype: str | None
     manifest = _read_manifest(name, target)
     if spec is not None and spec.kind == "gguf-wheels" and manifest.get("gguf_sha256") != spec.sha256:
         return False  # the pin changed: rebuild
+    if spec is not None and spec.kind == "derived" and manifest.get("artifact_sha256") != spec.sha256:
+        return False  # a new artifact: rebuild
     if spec is None and local is not None and manifest.get("gguf_size") != local.stat().st_size:
         return False  # unregistered name given a different local GGUF
     return dtype is None or manifest.get("dtype") == dtype
@@ -500,10 +502,6 @@ def _fetch(
         model_name = _check_name(name)
     else:
         model_name = spec.name
-        if spec.kind != "gguf-wheels":
-            raise FetchError(
-                f"model {model_name!r} is of kind {spec.kind!r}, which fetch does not support yet"
-            )
     if dtype is not None and dtype not in DTYPES:
         raise FetchError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     want = DTYPES[dtype] if dtype is not None else None
@@ -548,6 +546,9 @@ def _build(
     progress: bool,
 ) -> None:
     t0 = time.monotonic()
+    if spec is not None and spec.kind == "derived":
+        _build_derived(spec, scratch, target, dtype, progress, t0)
+        return
     gguf_dir = scratch / "gguf"
     gguf_dir.mkdir()
     if local is not None:
@@ -598,6 +599,33 @@ def _build(
         },
         progress,
     )
+    _install(out, target, scratch)
+
+
+def _build_derived(spec: ModelSpec, scratch: Path, target: Path, dtype: str, progress: bool, t0: float) -> None:
+    """Base model (fetched like any other) + the shipped artifact, merged and cached as one folder."""
+    from aspd.models.derived import artifact_dir, artifact_sha256, build
+
+    assert spec.base is not None and spec.artifact is not None
+    src = artifact_dir(spec.artifact)
+    if not (src / "adapter_model.safetensors").is_file():
+        raise FetchError(f"artifact of {spec.name} is missing: {src}")
+    sha = artifact_sha256(src)
+    if sha != spec.sha256:
+        raise FetchError(f"sha256 mismatch for the artifact of {spec.name}: expected {spec.sha256}, got {sha}")
+    base_folder = _fetch(spec.base, cache=target.parent.parent, force=False, progress=progress, gguf_path=None,
+                         dtype=None)
+    if progress:
+        print(f"aspd: applying {spec.artifact} to {spec.base}", file=sys.stderr)
+    out = scratch / "out"
+    info = build(str(src), out, base_folder=base_folder, dtype=dtype)
+
+    import transformers
+
+    _write_manifest(out, {"name": spec.name, "dtype": dtype, "source": {"base": spec.base, "artifact": spec.artifact},
+                          **info, "transformers_version": transformers.__version__,
+                          "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                          "build_seconds": round(time.monotonic() - t0, 1)}, progress)
     _install(out, target, scratch)
 
 

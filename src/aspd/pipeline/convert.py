@@ -17,6 +17,8 @@ from aspd.pipeline.runner import InputError, Report, _stderr, read_output, sampl
 
 __all__ = ["convert", "training_records"]
 
+_Pair = tuple[dict[str, Any], dict[str, Any], bool]  # (ASPD record, Seq record, made parallel)
+
 
 def training_records(rec: dict[str, Any], lineno: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """(ASPD record, Seq record) of one pipeline output record; ValueError if it cannot be used."""
@@ -34,25 +36,34 @@ def training_records(rec: dict[str, Any], lineno: int) -> tuple[dict[str, Any], 
 
 
 def convert(output_path: str | Path, aspd_path: str | Path | None = None, seq_path: str | Path | None = None,
-            *, parallel_only: bool = False, report: Report = _stderr) -> dict[str, int]:
-    """Write the training file(s); returns counts {records, written, parallel, skipped}."""
+            *, parallel_only: bool = False, serial_share: float | None = None,
+            report: Report = _stderr) -> dict[str, int]:
+    """Write the training file(s); returns counts {records, written, parallel, skipped}.
+
+    `serial_share` caps the share of kept-serial samples: all parallel samples stay, and serial ones, spread
+    evenly over the file, are added until they make up that share (0 is the same as `parallel_only`).
+    """
+    if serial_share is not None and not 0.0 <= serial_share < 1.0:
+        raise InputError("serial share must be in [0, 1)")
     if aspd_path is None and seq_path is None:
         raise InputError("nothing to write: give --aspd and/or --seq")
     if not Path(output_path).exists():
         raise InputError(f"cannot read {output_path}: no such file")
     records = read_output(output_path, report=report)
     counts = {"records": len(records), "written": 0, "parallel": 0, "skipped": 0}
-    pairs = []
+    pairs: list[_Pair] = []
     for i, rec in enumerate(records, 1):
         if parallel_only and not rec.get("parallel"):
             continue
         try:
-            pairs.append(training_records(rec, i))
+            pairs.append((*training_records(rec, i), bool(rec.get("parallel"))))
         except ValueError as e:
             counts["skipped"] += 1
             report(f"skipping {output_path}:{i} (id {rec.get('id')!r}): {e}")
             continue
         counts["parallel"] += bool(rec.get("parallel"))
+    if serial_share is not None:
+        pairs = _cap_serial(pairs, serial_share)
     for path, which in ((aspd_path, 0), (seq_path, 1)):
         if path is None:
             continue
@@ -65,3 +76,11 @@ def convert(output_path: str | Path, aspd_path: str | Path | None = None, seq_pa
         os.replace(tmp, p)  # never leave a half-written training file behind
     counts["written"] = len(pairs)
     return counts
+
+
+def _cap_serial(pairs: list[_Pair], share: float) -> list[_Pair]:
+    """Keep every parallel pair and an evenly spaced subset of serial ones (order preserved)."""
+    serial = [i for i, p in enumerate(pairs) if not p[2]]
+    want = min(len(serial), int(share / (1.0 - share) * (len(pairs) - len(serial))))
+    keep = {serial[j * len(serial) // want] for j in range(want)} if want else set()
+    return [p for i, p in enumerate(pairs) if p[2] or i in keep]

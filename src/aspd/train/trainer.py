@@ -62,6 +62,19 @@ def _bf16(cfg: TrainConfig) -> bool:
     return ok
 
 
+def token_rows(model: Any, ids: list[int]) -> list[int] | dict[str, list[int]]:
+    """peft's trainable_token_indices for the control tokens.
+
+    A tied head follows the embedding by itself; an untied one (e.g. Qwen2.5-0.5B as converted from GGUF) needs
+    its own rows trained, or the model could read the tokens but never learn to emit them.
+    """
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    if out is None or out.weight is inp.weight:
+        return ids
+    names = {m: n.rsplit(".", 1)[-1] for n, m in model.named_modules()}
+    return {names[inp]: ids, names[out]: ids}
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run one fine-tune; returns the final metrics (train_loss, steps, first/last logged loss)."""
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, set_seed
@@ -89,10 +102,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
 
-        # The new control tokens must learn too: train just their embedding rows, not the whole matrix.
+        # The new control tokens must learn too: train just their rows, not the whole matrices.
         lcfg = LoraConfig(
             r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
-            target_modules="all-linear", trainable_token_indices=list(ctrl.all()),
+            target_modules="all-linear", trainable_token_indices=token_rows(model, list(ctrl.all())),
         )
         model = get_peft_model(model, lcfg)
     model.config.use_cache = False

@@ -1,0 +1,117 @@
+"""Benchmark question sets: MT-Bench-style JSONL, one question per line.
+
+Shape (the files under ../shared/data/bench): {"question_id": 81, "category": "writing", "turns": ["...", "..."]}.
+`turns` holds one user message per turn (MT-Bench has two; Vicuna and RAG one). A single `question` (or `prompt`)
+string is accepted in place of `turns`; `question_id` defaults to the line number and `category` to "general".
+Extra fields (e.g. MT-Bench's `reference`) are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# --bench shortcuts -> file names inside the bench directory
+BENCHES = {"vicuna": "vicuna_bench.jsonl", "mt": "mt_bench.jsonl", "rag": "rag_bench.jsonl"}
+ENV_BENCH_DIR = "ASPD_BENCH_DIR"
+
+
+class BenchDataError(ValueError):
+    """A question set that cannot be found or read; the message names the file (and line)."""
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    category: str
+    turns: tuple[str, ...]
+
+
+def find_bench_dir(bench_dir: str | Path | None = None, cwd: str | Path | None = None) -> Path:
+    """--bench-dir, else $ASPD_BENCH_DIR, else the first `shared/data/bench` in cwd or one of its parents.
+
+    The last rule finds `<repo>/../shared/data/bench` from anywhere inside the repository.
+    """
+    given = bench_dir or os.environ.get(ENV_BENCH_DIR)
+    if given:
+        p = Path(given).expanduser()
+        if not p.is_dir():
+            raise BenchDataError(f"bench directory {str(p)!r} does not exist")
+        return p
+    start = Path(cwd or Path.cwd()).resolve()
+    for base in (start, *start.parents):
+        p = base / "shared" / "data" / "bench"
+        if p.is_dir():
+            return p
+    raise BenchDataError(f"no bench directory found: pass --bench-dir or set {ENV_BENCH_DIR} "
+                         f"(searched for shared/data/bench from {start} upwards)")
+
+
+def resolve_bench(bench: str, bench_dir: str | Path | None = None) -> Path:
+    """A shortcut (vicuna | mt | rag) inside the bench directory, or a path to any JSONL of the same shape."""
+    if bench in BENCHES:
+        return find_bench_dir(bench_dir) / BENCHES[bench]
+    p = Path(bench).expanduser()
+    if not p.is_file():
+        raise BenchDataError(f"--bench {bench!r} is neither one of {sorted(BENCHES)} nor an existing file")
+    return p
+
+
+def _turns(obj: dict[str, object]) -> tuple[str, ...] | str:
+    """The turns of one record, or a message saying what is wrong with them."""
+    if "turns" in obj:
+        turns = obj["turns"]
+        if not isinstance(turns, list) or not turns:
+            return "'turns' must be a non-empty list of strings"
+        if not all(isinstance(t, str) and t.strip() for t in turns):
+            return "every item of 'turns' must be a non-empty string"
+        return tuple(turns)  # type: ignore[arg-type]
+    for key in ("question", "prompt"):
+        if isinstance(obj.get(key), str) and str(obj[key]).strip():
+            return (str(obj[key]),)
+    return "needs 'turns' (a list of user messages) or a 'question' string"
+
+
+def parse_questions(lines: Sequence[str], source: str = "<questions>") -> list[Question]:
+    """Questions from JSONL text; any problem raises BenchDataError naming `source:line`."""
+    out: list[Question] = []
+    seen: dict[str, int] = {}
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{source}:{n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BenchDataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise BenchDataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        turns = _turns(obj)
+        if isinstance(turns, str):
+            raise BenchDataError(f"{where}: {turns}")
+        qid = str(obj.get("question_id", obj.get("id", n)))
+        if qid in seen:
+            raise BenchDataError(f"{where}: duplicate question_id {qid!r} (first on line {seen[qid]})")
+        seen[qid] = n
+        out.append(Question(qid, str(obj.get("category") or "general"), turns))
+    if not out:
+        raise BenchDataError(f"{source}: no questions")
+    return out
+
+
+def load_questions(path: str | Path, *, limit: int | None = None, categories: Sequence[str] = ()) -> list[Question]:
+    """Read a question file; `categories` keeps only those, then `limit` keeps the first N."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BenchDataError(f"cannot read {p}: {e}") from None
+    qs = parse_questions(text.splitlines(), str(p))
+    if categories:
+        qs = [q for q in qs if q.category in categories]
+        if not qs:
+            raise BenchDataError(f"{p}: no question in categories {list(categories)}")
+    return qs[:limit] if limit is not None else qs

@@ -1,0 +1,175 @@
+"""Speed benchmark: every model answers every question in one process, interleaved, with the same sampling.
+
+Fairness rules (DESIGN.md section 6: speedups only against baselines measured in the same run, same machine):
+- all engines are loaded first, on one device, then each gets one warm-up generation (kernels, allocator);
+- questions are interleaved: for each question every model answers before the next question starts, and the
+  order of the models rotates by one per question, so slow drift (thermal, other load) hits all alike;
+- the sampling seed is fixed per question (base seed + question index), so all models draw the same seed;
+- latency is wall-clock around `engine.generate` with a CUDA synchronize on both sides (prefill included,
+  prompt templating and model loading excluded).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from aspd.bench.data import Question
+from aspd.engine.core import Generation, HybridEngine, Limits
+from aspd.engine.sampling import SamplingParams
+
+MODES = ("hybrid", "serial")
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One benchmarked configuration: `NAME_OR_PATH[:mode]`; the spec string as given is its label."""
+
+    label: str
+    name: str
+    mode: str
+    role: str  # "model" (under test) | "baseline"
+
+
+def parse_spec(spec: str, role: str = "model") -> ModelSpec:
+    """`NAME_OR_PATH[:hybrid|serial]`. Models default to hybrid, baselines to serial."""
+    if role not in ("model", "baseline"):
+        raise ValueError(f"role must be 'model' or 'baseline', not {role!r}")
+    spec = spec.strip()
+    name, sep, mode = spec.rpartition(":")
+    if not sep or mode not in MODES:
+        # No mode suffix (a colon elsewhere is part of the name or path).
+        name, mode = spec, "hybrid" if role == "model" else "serial"
+    if not name:
+        raise ValueError(f"model spec {spec!r} has no model name")
+    return ModelSpec(spec, name, mode, role)
+
+
+def parse_specs(models: Sequence[str], baselines: Sequence[str] = ()) -> list[ModelSpec]:
+    specs = [parse_spec(s, "model") for s in models] + [parse_spec(s, "baseline") for s in baselines]
+    labels = [s.label for s in specs]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise ValueError(f"model spec given twice: {', '.join(dupes)}")
+    return specs
+
+
+def sync(device: torch.device | str) -> None:
+    """Wait for queued GPU work, so wall-clock timers measure what ran, not what was enqueued."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def load_engines(specs: Sequence[ModelSpec], *, device: str | None = None, dtype: str = "auto",
+                 attn: str = "sdpa") -> dict[str, HybridEngine]:
+    """One engine per distinct model name (a model run as hybrid and as serial shares its weights)."""
+    engines: dict[str, HybridEngine] = {}
+    for s in specs:
+        if s.name not in engines:
+            engines[s.name] = HybridEngine.from_pretrained(s.name, device=device, dtype=dtype, attn=attn)
+    return engines
+
+
+def rotated(items: Sequence[Any], k: int) -> list[Any]:
+    """items rotated left by k: question k starts with model k mod n."""
+    if not items:
+        return []
+    k %= len(items)
+    return [*items[k:], *items[:k]]
+
+
+def _markup(gen: Generation) -> str | None:
+    from aspd.markup import MarkupError, render
+
+    try:
+        return render(gen.doc)
+    except MarkupError:  # keep the measurement even if the structure cannot be rendered
+        return None
+
+
+def timed_generate(engine: HybridEngine, ids: list[int], mode: str, sampling: SamplingParams, limits: Limits,
+                   answer_prefix: Sequence[int] = ()) -> tuple[Generation, float]:
+    """(generation, wall seconds) with CUDA synchronized before and after."""
+    sync(engine.device)
+    t0 = time.perf_counter()
+    gen = engine.generate(ids, mode=mode, sampling=sampling, limits=limits, answer_prefix=answer_prefix)
+    sync(engine.device)
+    return gen, time.perf_counter() - t0
+
+
+def make_row(q: Question, turn: int, spec: ModelSpec, messages: list[dict[str, str]], gen: Generation,
+             seconds: float, seed: int, run_index: int, position: int) -> Row:
+    st = gen.stats
+    return {
+        "id": q.id, "category": q.category, "turn": turn, "label": spec.label, "model": spec.name,
+        "mode": spec.mode, "role": spec.role, "run_index": run_index, "position": position, "seed": seed,
+        "messages": messages, "text": gen.text, "markup": _markup(gen), "finish_reason": gen.finish_reason,
+        "tokens": st.tokens, "visible_tokens": st.visible_tokens, "parallel_tokens": st.parallel_tokens,
+        "prefill_tokens": st.prefill_tokens, "groups": st.groups, "branches": list(st.branches),
+        "dp": st.dp, "abn": st.abn, "seconds": seconds, "engine_seconds": st.seconds,
+        "parallel_seconds": st.parallel_seconds,
+        # TPS over our synchronized wall clock (Stats.tps uses the engine's own, unsynchronized timer).
+        "tps": st.visible_tokens / seconds if seconds > 0 else 0.0,
+        "parallel_tps": st.parallel_tps,
+    }
+
+
+def run_speed(
+    engines: Mapping[str, HybridEngine],
+    specs: Sequence[ModelSpec],
+    questions: Iterable[Question],
+    *,
+    sampling: SamplingParams | None = None,
+    limits: Limits | None = None,
+    warmup: int = 1,
+    answer_prefix: str | None = None,
+    on_row: Callable[[Row], None] | None = None,
+) -> tuple[list[Row], list[Row]]:
+    """Answer every question with every spec, interleaved; returns (rows, warm-up records).
+
+    `engines` maps model names (ModelSpec.name) to loaded engines. A multi-turn question (MT-Bench) is
+    answered turn by turn; each later turn's prompt is the chat so far, holding that model's own earlier
+    answers (flattened text, as `aspd chat` does). `answer_prefix` (control tokens written literally) forces the
+    start of every hybrid answer: for demos and tests only, it makes structure that is not the model's own.
+    """
+    from aspd.engine.cli import answer_prefix_ids
+
+    sampling = sampling or SamplingParams()
+    limits = limits or Limits()
+    questions = list(questions)
+    specs = list(specs)
+    prefixes = {s.label: (answer_prefix_ids(engines[s.name], answer_prefix) if answer_prefix and s.mode == "hybrid"
+                          else []) for s in specs}
+    warm: list[Row] = []
+    if questions and warmup > 0:
+        # Short answers suffice to compile kernels and size the allocator; they are not measured.
+        wl = replace(limits, max_new_tokens=min(limits.max_new_tokens, 32))
+        for s in specs:
+            eng = engines[s.name]
+            ids = eng.prompt_ids([{"role": "user", "content": questions[0].turns[0]}])
+            for _ in range(warmup):
+                gen, sec = timed_generate(eng, ids, s.mode, sampling, wl, prefixes[s.label])
+                warm.append({"label": s.label, "seconds": sec, "tokens": gen.stats.tokens})
+    rows: list[Row] = []
+    for qi, q in enumerate(questions):
+        order = rotated(specs, qi)
+        sp = replace(sampling, seed=sampling.seed + qi)  # same seed for every model on this question
+        history: dict[str, list[dict[str, str]]] = {s.label: [] for s in order}
+        for turn, user in enumerate(q.turns, 1):
+            for pos, s in enumerate(order):
+                eng = engines[s.name]
+                messages = [*history[s.label], {"role": "user", "content": user}]
+                ids = eng.prompt_ids(messages)
+                gen, sec = timed_generate(eng, ids, s.mode, sp, limits, prefixes[s.label])
+                row = make_row(q, turn, s, messages, gen, sec, sp.seed, len(rows), pos)
+                rows.append(row)
+                history[s.label] = [*messages, {"role": "assistant", "content": gen.text}]
+                if on_row is not None:
+                    on_row(row)
+    return rows, warm
