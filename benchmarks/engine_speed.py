@@ -21,7 +21,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -32,6 +31,7 @@ from typing import Any
 
 import torch
 
+from aspd.bench.report import machine_info
 from aspd.engine import HybridEngine, Limits
 from aspd.engine.core import _Run
 from aspd.layout import MAIN
@@ -60,22 +60,6 @@ def load(model_name: str, device: str, dtype: str) -> tuple[Any, Any]:
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-
-
-def machine(device: str) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                            "platform": platform.platform(), "python": platform.python_version()}
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
 
 
 class ForwardTimer:
@@ -319,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "engine_speed",
         "command": command(),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": machine(args.device),
+        "machine": machine_info(args.device),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "model": args.model, "device": args.device, "dtype": str(dtype).removeprefix("torch."),
         "settings": {k: getattr(args, k) for k in ("branches", "branch_tokens", "repeats", "new_tokens",

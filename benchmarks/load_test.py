@@ -18,7 +18,6 @@ import datetime as dt
 import ipaddress
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -28,6 +27,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import httpx
+
+from aspd.bench.report import machine_info
 
 PROMPTS = [
     "Give three tips for staying healthy.",
@@ -173,26 +174,6 @@ def summarise(records: list[Record], wall: float) -> dict[str, Any]:
     }
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = None
-    try:
-        kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
-                  if ln.startswith("MemTotal"))
-        mem = round(kb / 2**20, 1)
-    except (OSError, StopIteration):
-        pass
-    return {"hostname": platform.node(), "os": platform.platform(), "python": platform.python_version(),
-            "cpu": cpu, "cpu_count": os.cpu_count(), "memory_gib": mem}
-
-
 COLUMNS = [("clients", "clients"), ("requests", "requests"), ("ok", "ok"), ("errors", "errors"),
            ("req/s", "requests_per_s"), ("tok/s", "tokens_per_s"), ("p50 latency s", "latency_p50_s"),
            ("p99 latency s", "latency_p99_s"), ("p50 TTFT s", "ttft_p50_s"), ("p99 TTFT s", "ttft_p99_s")]
@@ -221,7 +202,7 @@ def markdown(report: dict[str, Any], rows: list[list[str]]) -> str:
         f"- Server: `{cfg['server_command'] or '(not recorded)'}`",
         f"- Model: {m['id']} (context {m.get('max_model_len')}), decoding mode {cfg['mode']}, "
         f"temperature {cfg['temperature']}, max_tokens {cfg['max_tokens']}",
-        f"- Machine: {mach['cpu']} ({mach['cpu_count']} logical CPUs, {mach['memory_gib']} GiB), {mach['os']}; "
+        f"- Machine: {mach['cpu']} ({mach['cpu_count']} logical CPUs, {mach['memory_gib']} GiB), {mach['platform']}; "
         f"load average before/after: {report['loadavg_before']} / {report['loadavg_after']}",
         "",
         "| " + " | ".join(rows[0]) + " |",
@@ -274,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
         "config": {k: v for k, v in vars(args).items() if k != "out"},
-        "machine": machine(),
+        "machine": machine_info("cpu"),
         "loadavg_before": before,
         "loadavg_after": loadavg(),
         "model": result["model"],

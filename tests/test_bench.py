@@ -25,13 +25,7 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A 2-layer model gains nothing from threads, and on a busy machine OpenMP spinning makes it crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _save(folder: Path, seed: int, control: bool) -> str:

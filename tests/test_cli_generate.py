@@ -20,15 +20,7 @@ PREFIX = "<|title|>Diet<|/title|><|title|>Sleep<|/title|><|title|>Work<|/title|>
 SUMMARY = re.compile(r"^\d+ tokens in [\d.]+ s · [\d.]+ tok/s · \d+ groups? · ABN [\d.]+ · DP [\d.]+ · P-TPS [\d.]+")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A 2-layer model gains nothing from threads, and on a busy machine OpenMP spinning makes it crawl."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

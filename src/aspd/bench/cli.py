@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from aspd.cli import CLIError
+from aspd.engine.cli import add_limit_args, add_sampling_args, limits_from_args, sampling_from_args
 
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 REFERENCE_MODEL = "smollm2-135m"  # the original model the ASPD SmolLM2 fine-tune starts from
@@ -62,20 +63,9 @@ def register(sub: Any) -> None:
     p.add_argument("--warmup", type=int, default=1, metavar="N", help="warm-up generations per model (default 1)")
     p.add_argument("--nll-model", default=None, metavar="NAME",
                    help="also score every answer's per-token NLL under this reference model (e.g. the original)")
-    s = p.add_argument_group("sampling (default: greedy; the same for every model)")
-    s.add_argument("--temperature", metavar="T", type=float, default=None, help="0 = greedy (default 0)")
-    s.add_argument("--top-k", metavar="K", type=int, default=None, help="0 = off (default 0)")
-    s.add_argument("--top-p", metavar="P", type=float, default=None, help="nucleus mass in (0, 1] (default 1)")
-    s.add_argument("--repetition-penalty", metavar="R", type=float, default=None, help="1 = off (default 1)")
-    s.add_argument("--seed", metavar="N", type=int, default=None,
-                   help="base seed; question i uses seed + i for every model (default 0)")
-    s.add_argument("--paper-sampling", action="store_true",
-                   help="temperature 0.7, top-k 20, top-p 0.8 (explicit flags win)")
-    lim = p.add_argument_group("limits")
-    lim.add_argument("--max-new-tokens", metavar="N", type=int, default=None, help="per answer (default 512)")
-    lim.add_argument("--max-branches", metavar="N", type=int, default=None, help="per group (default 8)")
-    lim.add_argument("--max-branch-tokens", metavar="N", type=int, default=None, help="per branch (default 256)")
-    lim.add_argument("--max-groups", metavar="N", type=int, default=None, help="per answer (default 8)")
+    add_sampling_args(p, "sampling (default: greedy; the same for every model)",
+                      "base seed; question i uses seed + i for every model (default 0)")
+    add_limit_args(p)
     p.add_argument("--answer-prefix", default=None, metavar="TEXT",
                    help="advanced, for demos/tests: force the start of every hybrid answer (control tokens "
                         "written literally); the report flags it")
@@ -131,7 +121,6 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     from aspd.bench.metrics import aggregate
     from aspd.bench.report import command_line, machine_info, overview, write_results
     from aspd.bench.speed import load_engines, parse_specs, run_speed
-    from aspd.engine.cli import limits_from_args, sampling_from_args
 
     # Every check before the slow loads, so mistakes fail at once.
     try:

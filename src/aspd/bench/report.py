@@ -34,8 +34,16 @@ def machine_info(device: str) -> dict[str, Any]:
                 break
     except OSError:
         pass
+    mem = None
+    try:
+        kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
+                  if ln.startswith("MemTotal"))
+        mem = round(kb / 2**20, 1)
+    except (OSError, StopIteration):
+        pass
     info: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "hostname": platform.node(),
+        "memory_gib": mem,
         "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(), "python": platform.python_version(),
         "torch": torch.__version__, "transformers": transformers.__version__, "device": device,

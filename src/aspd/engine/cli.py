@@ -54,20 +54,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="branch position ids (default: as the model was trained, from its aspd.json)")
     m.add_argument("--system", default=None, metavar="TEXT", help="system prompt")
 
-    s = p.add_argument_group("sampling (default: greedy)")
-    s.add_argument("--temperature", metavar="T", type=float, default=None, help="0 = greedy (default 0)")
-    s.add_argument("--top-k", metavar="K", type=int, default=None, help="0 = off (default 0)")
-    s.add_argument("--top-p", metavar="P", type=float, default=None, help="nucleus mass in (0, 1] (default 1)")
-    s.add_argument("--repetition-penalty", metavar="R", type=float, default=None, help="1 = off (default 1)")
-    s.add_argument("--seed", metavar="N", type=int, default=None, help="sampling seed; each branch draws its own stream")
-    s.add_argument("--paper-sampling", action="store_true",
-                   help="the paper's setting: temperature 0.7, top-k 20, top-p 0.8 (explicit flags win)")
-
-    lim = p.add_argument_group("limits")
-    lim.add_argument("--max-new-tokens", metavar="N", type=int, default=None, help="sampled tokens, all streams (default 512)")
-    lim.add_argument("--max-branches", metavar="N", type=int, default=None, help="per group (default 8)")
-    lim.add_argument("--max-branch-tokens", metavar="N", type=int, default=None, help="per branch (default 256)")
-    lim.add_argument("--max-groups", metavar="N", type=int, default=None, help="per answer (default 8)")
+    add_sampling_args(p)
+    add_limit_args(p)
 
     o = p.add_argument_group("output")
     o.add_argument("--json", action="store_true",
@@ -78,6 +66,28 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     o.add_argument("--answer-prefix", default=None, metavar="TEXT",
                    help="advanced: force the start of the answer; control tokens such as <|title|> may be "
                         "written literally (for demos and tests)")
+
+
+def add_sampling_args(p: argparse.ArgumentParser, title: str = "sampling (default: greedy)",
+                      seed_help: str = "sampling seed; each branch draws its own stream") -> None:
+    """The sampling flags shared by generate, chat and bench; read back with `sampling_from_args`."""
+    s = p.add_argument_group(title)
+    s.add_argument("--temperature", metavar="T", type=float, default=None, help="0 = greedy (default 0)")
+    s.add_argument("--top-k", metavar="K", type=int, default=None, help="0 = off (default 0)")
+    s.add_argument("--top-p", metavar="P", type=float, default=None, help="nucleus mass in (0, 1] (default 1)")
+    s.add_argument("--repetition-penalty", metavar="R", type=float, default=None, help="1 = off (default 1)")
+    s.add_argument("--seed", metavar="N", type=int, default=None, help=seed_help)
+    s.add_argument("--paper-sampling", action="store_true",
+                   help="the paper's setting: temperature 0.7, top-k 20, top-p 0.8 (explicit flags win)")
+
+
+def add_limit_args(p: argparse.ArgumentParser) -> None:
+    """The engine limits flags; read back with `limits_from_args`."""
+    lim = p.add_argument_group("limits")
+    lim.add_argument("--max-new-tokens", metavar="N", type=int, default=None, help="sampled tokens, all streams (default 512)")
+    lim.add_argument("--max-branches", metavar="N", type=int, default=None, help="per group (default 8)")
+    lim.add_argument("--max-branch-tokens", metavar="N", type=int, default=None, help="per branch (default 256)")
+    lim.add_argument("--max-groups", metavar="N", type=int, default=None, help="per answer (default 8)")
 
 
 def register(sub: Any) -> None:
