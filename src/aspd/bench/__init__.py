@@ -2,7 +2,9 @@
 
 Question sets are MT-Bench-style JSONL (`aspd.bench.data`); `aspd.bench.speed` runs the models interleaved;
 `aspd.bench.metrics` defines and computes the aggregates; `aspd.bench.nll` scores answers under a reference
-model; `aspd.bench.report` writes results.json / results.md. The CLI is `aspd bench speed|nll`.
+model; `aspd.bench.report` writes results.json / results.md; `aspd.bench.quality` grades answers with an LLM
+judge (MT-Bench single-answer) and `aspd.bench.exact` checks final numbers (GSM8K). The CLI is
+`aspd bench speed|nll|quality|exact`.
 """
 
 from aspd.bench.data import BenchDataError, Question, load_questions, parse_questions, resolve_bench

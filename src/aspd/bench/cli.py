@@ -1,8 +1,11 @@
-"""`aspd bench speed` and `aspd bench nll`.
+"""`aspd bench speed`, `aspd bench nll`, `aspd bench quality` and `aspd bench exact`.
 
     aspd bench speed --model aspd-smollm2-135m --baseline seq-smollm2-135m \
         --baseline aspd-smollm2-135m:serial --bench vicuna --limit 20 --out runs/bench/vicuna
     aspd bench nll --answers runs/bench/vicuna/results.json --model smollm2-135m
+    aspd bench quality --answers runs/bench/vicuna/results.json --judge-url http://localhost:8000/v1 \
+        --judge-model gpt-4o --concurrency 8
+    aspd bench exact --answers runs/bench/gsm8k/results.json --gold gsm8k_test.jsonl
 
 Progress goes to stderr; the summary table to stdout; results.json + results.md to --out.
 """
@@ -33,10 +36,10 @@ def _add_device(p: argparse.ArgumentParser, dtype_default: str = "auto") -> None
 
 
 def register(sub: Any) -> None:
-    """Add `bench` (with `speed` and `nll`) to the top-level `aspd` parser."""
+    """Add `bench` (with `speed`, `nll`, `quality` and `exact`) to the top-level `aspd` parser."""
     from aspd.engine.cli import _one_line_error
 
-    bench = sub.add_parser("bench", help="speed (TPS, DP, speedup) and NLL benchmarks",
+    bench = sub.add_parser("bench", help="speed (TPS, DP, speedup), NLL, judge quality and exact-match benchmarks",
                            description="Benchmarks on MT-Bench-style question sets.")
     bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
 
@@ -84,6 +87,48 @@ def register(sub: Any) -> None:
                    help="also write the NLL into --answers and re-render results.md beside it")
     _add_device(p, "float32")
     p.set_defaults(func=_cmd_nll)
+    _one_line_error(p)
+
+    p = bsub.add_parser(
+        "quality", help="LLM-as-judge scores (MT-Bench single-answer grading, 1-10) of benchmark answers",
+        description="Grade every answer with a judge model over an OpenAI-compatible endpoint, using MT-Bench's "
+                    "single-answer prompts from judge_prompts.jsonl (reference-answer variants for math, "
+                    "reasoning and coding; multi-turn variants for second turns). A reply without exactly one "
+                    "[[N]] (1-10) is asked again with a fresh seed, then recorded as failed.")
+    p.add_argument("--answers", required=True, metavar="FILE", help="results.json written by `aspd bench speed`")
+    p.add_argument("--judge-url", required=True, metavar="URL",
+                   help="OpenAI-compatible base URL including the API prefix, e.g. http://localhost:8000/v1")
+    p.add_argument("--judge-model", required=True, metavar="M", help="judge model name sent to the endpoint")
+    p.add_argument("--api-key", default=None, metavar="KEY", help="bearer token (default: $OPENAI_API_KEY)")
+    p.add_argument("--out", default=None, metavar="FILE", help="quality JSON (default: quality.json beside --answers)")
+    p.add_argument("--bench-dir", default=None, metavar="DIR",
+                   help="where judge_prompts.jsonl and reference_answer/ live (default: as for `bench speed`)")
+    p.add_argument("--reference", default=None, metavar="FILE",
+                   help="reference answers JSONL (default: reference_answer/<bench file stem>_gpt-4.jsonl)")
+    p.add_argument("--concurrency", type=int, default=8, metavar="N", help="requests in flight (default 8)")
+    p.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="extra judge calls per answer after an unparseable reply (fresh seed each), and extra "
+                        "HTTP attempts per call after a failed request (default 2)")
+    p.add_argument("--backoff", type=float, default=1.0, metavar="S",
+                   help="first HTTP retry delay, doubling per retry up to 30 s (default 1)")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="S", help="per-request timeout (default 120)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR", help="on-disk judge reply cache (default: none)")
+    p.add_argument("--max-tokens", type=int, default=2048, metavar="N", help="judge reply limit (default 2048)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first judge call; retry i uses seed + i")
+    p.add_argument("--update", action="store_true",
+                   help="also write judge_score/judge_error into the rows of --answers and the summary into it")
+    p.set_defaults(func=_cmd_quality)
+    _one_line_error(p)
+
+    p = bsub.add_parser(
+        "exact", help="judge-free exact-match accuracy of final numbers against GSM8K-style gold answers",
+        description="Compare the last number of every first-turn answer with the number after '####' in the "
+                    "gold answer of the same question id; report accuracy per model label.")
+    p.add_argument("--answers", required=True, metavar="FILE", help="results.json written by `aspd bench speed`")
+    p.add_argument("--gold", required=True, metavar="FILE",
+                   help="GSM8K-style JSONL: {question, answer} with the final number after '####'")
+    p.add_argument("--out", default=None, metavar="FILE", help="exact JSON (default: exact.json beside --answers)")
+    p.set_defaults(func=_cmd_exact)
     _one_line_error(p)
 
 
@@ -202,14 +247,7 @@ def _score(rows: list[dict[str, Any]], model: str, device: str, dtype: str) -> N
     score_rows(rows, ref, tok, on_row=show)
 
 
-def _cmd_nll(args: argparse.Namespace) -> int:
-    from transformers.utils import logging as hf_logging
-
-    from aspd.bench.metrics import aggregate
-    from aspd.bench.nll import nll_summary
-    from aspd.bench.report import command_line, machine_info, markdown
-
-    path = Path(args.answers)
+def _load_answers(path: Path) -> dict[str, Any]:
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
         rows = results["rows"]
@@ -218,6 +256,115 @@ def _cmd_nll(args: argparse.Namespace) -> int:
             raise ValueError("rows lack label/messages/text")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CLIError(f"{path}: not a results.json of `aspd bench speed` ({_err(e)})") from None
+    return results
+
+
+def _cmd_quality(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from aspd.bench.data import BenchDataError, find_bench_dir
+    from aspd.bench.quality import (
+        default_reference_file,
+        judge_rows,
+        load_judge_prompts,
+        load_references,
+        quality_summary,
+        quality_table,
+    )
+    from aspd.bench.report import command_line
+    from aspd.pipeline.backends.openai_compat import OpenAICompatBackend
+
+    if args.concurrency < 1:
+        raise CLIError(f"--concurrency must be >= 1, not {args.concurrency}")
+    if args.retries < 0:
+        raise CLIError(f"--retries must be >= 0, not {args.retries}")
+    if args.timeout <= 0:
+        raise CLIError(f"--timeout must be > 0, not {args.timeout}")
+    if args.backoff < 0:
+        raise CLIError(f"--backoff must be >= 0, not {args.backoff}")
+    path = Path(args.answers)
+    results = _load_answers(path)
+    rows = results["rows"]
+    try:
+        bench_dir = find_bench_dir(args.bench_dir)
+        prompts = load_judge_prompts(bench_dir / "judge_prompts.jsonl")
+        ref_file = (Path(args.reference) if args.reference
+                    else default_reference_file(bench_dir, results.get("config", {}).get("bench_file")))
+        references = load_references(ref_file) if ref_file else {}
+    except BenchDataError as e:
+        raise CLIError(str(e)) from None
+    if ref_file is None:
+        print("aspd: note: no reference answers found; math/reasoning/coding use the plain prompts",
+              file=sys.stderr)
+    backend = OpenAICompatBackend(args.judge_url, args.judge_model, args.api_key or os.environ.get("OPENAI_API_KEY"),
+                                  concurrency=args.concurrency, timeout=args.timeout, retries=args.retries,
+                                  backoff=args.backoff,
+                                  judge_temperature=0.0, judge_max_tokens=args.max_tokens, seed=args.seed,
+                                  cache_dir=args.cache_dir, name=f"judge:{args.judge_model}")
+    n = len(rows)
+
+    def show(i: int, r: dict[str, Any]) -> None:
+        what = f"{r['score']:g}" if r["score"] is not None else f"FAILED ({r['error']})"
+        print(f"[judge {i + 1}/{n}] q{r['id']} t{r['turn']} {r['label']}: {what}", file=sys.stderr, flush=True)
+
+    graded = asyncio.run(judge_rows(backend, rows, prompts, references, args.retries, on_row=show))
+    summary = quality_summary(graded)
+    config = {"command": command_line(getattr(args, "argv", None)), "answers": str(path),
+              "judge_url": args.judge_url, "judge_model": args.judge_model, "temperature": 0.0,
+              "max_tokens": args.max_tokens, "seed": args.seed, "retries": args.retries,
+              "judge_prompts": str(bench_dir / "judge_prompts.jsonl"),
+              "reference": str(ref_file) if ref_file else None}
+    out = Path(args.out) if args.out else path.with_name("quality.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"config": config, "summary": summary, "rows": graded}, indent=1,
+                              ensure_ascii=False) + "\n", encoding="utf-8")
+    print(quality_table(summary))
+    if args.update:
+        for row, g in zip(rows, graded, strict=True):
+            row["judge_score"], row["judge_error"] = g["score"], g["error"]
+        results["quality"] = {"config": config, "summary": summary}
+        path.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    failed = sum(g["score"] is None for g in graded)
+    print(f"aspd: wrote {out}" + (f" and updated {path}" if args.update else "")
+          + (f"; {failed} of {n} answers could not be graded" if failed else ""), file=sys.stderr)
+    return 0
+
+
+def _cmd_exact(args: argparse.Namespace) -> int:
+    from aspd.bench.data import BenchDataError
+    from aspd.bench.exact import exact_summary, exact_table, load_gold, score_exact
+    from aspd.bench.report import command_line
+
+    path = Path(args.answers)
+    results = _load_answers(path)
+    try:
+        gold = load_gold(args.gold)
+    except BenchDataError as e:
+        raise CLIError(str(e)) from None
+    scored = score_exact(results["rows"], gold)
+    if not scored:
+        raise CLIError(f"no first-turn answer in {path} has a question id found in {args.gold}")
+    summary = exact_summary(scored)
+    out = Path(args.out) if args.out else path.with_name("exact.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"config": {"command": command_line(getattr(args, "argv", None)),
+                                          "answers": str(path), "gold": str(args.gold)},
+                               "summary": summary, "rows": scored}, indent=1) + "\n", encoding="utf-8")
+    print(exact_table(summary))
+    print(f"aspd: wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_nll(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from aspd.bench.metrics import aggregate
+    from aspd.bench.nll import nll_summary
+    from aspd.bench.report import command_line, machine_info, markdown
+
+    path = Path(args.answers)
+    results = _load_answers(path)
+    rows = results["rows"]
     device = _device(args.device)
     hf_logging.set_verbosity_error()
     _score(rows, args.model, device, args.dtype)

@@ -3,7 +3,8 @@
 Shape (the files under ../shared/data/bench): {"question_id": 81, "category": "writing", "turns": ["...", "..."]}.
 `turns` holds one user message per turn (MT-Bench has two; Vicuna and RAG one). A single `question` (or `prompt`)
 string is accepted in place of `turns`; `question_id` defaults to the line number and `category` to "general".
-Extra fields (e.g. MT-Bench's `reference`) are ignored.
+Extra fields (e.g. MT-Bench's `reference`) are ignored. So a GSM8K-style file ({"question", "answer"} per line)
+loads as is (one turn each, ids = line numbers); `aspd bench exact` scores its answers against the same file.
 """
 
 from __future__ import annotations
