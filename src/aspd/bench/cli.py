@@ -131,6 +131,16 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_cmd_exact)
     _one_line_error(p)
 
+    p = bsub.add_parser(
+        "report", help="merge `bench speed` runs into one Markdown report with the speedup-against-quality figure",
+        description="One table row and one figure point per model and baseline of every run. Quality is the mean "
+                    "judge score where `bench quality --update` added one, else the NLL under the reference model.")
+    p.add_argument("results", nargs="+", metavar="RESULTS_JSON", help="results.json files of `aspd bench speed`")
+    p.add_argument("--out", required=True, metavar="DIR", help="where report.md and report.png go")
+    p.add_argument("--title", default="Benchmark report")
+    p.set_defaults(func=_cmd_report)
+    _one_line_error(p)
+
 
 def _err(e: BaseException) -> str:
     text = str(e).strip()
@@ -396,4 +406,15 @@ def _cmd_nll(args: argparse.Namespace) -> int:
         path.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         path.with_suffix(".md").write_text(markdown(results), encoding="utf-8")
     print(f"aspd: wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from aspd.bench.merge import report
+
+    for path in args.results:
+        _load_answers(Path(path))  # a clear error for a file that is not a bench result
+    md, png = report(args.results, args.out, args.title)
+    print(md.read_text(encoding="utf-8"))
+    print(f"aspd: wrote {md} and {png}", file=sys.stderr)
     return 0
