@@ -1,15 +1,19 @@
-"""Start a real `aspd serve` subprocess on a free loopback port and wait until it is healthy."""
+"""Real servers for the HTTP tests: an `aspd serve` subprocess, and an in-process loopback JSON endpoint."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -47,3 +51,52 @@ def running_server(folder: Path, log: Path, *, max_queue: int, log_level: str = 
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+class _Loopback(ThreadingHTTPServer):
+    request_queue_size = 128  # the default backlog of 5 drops connects under a burst (seen as timeouts)
+    daemon_threads = True
+
+
+class LoopbackEndpoint:
+    """An HTTP server on a free loopback port; every POST body (JSON) goes to `on_post(handler, body)`, which
+    answers through `send_json` (or drops the connection itself). `url` ends in /v1."""
+
+    def __init__(self, on_post: Callable[[BaseHTTPRequestHandler, dict[str, Any]], None]) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                on_post(self, json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+
+        self.server = _Loopback(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def send_json(handler: BaseHTTPRequestHandler, status: int, payload: bytes,
+              headers: Iterable[tuple[str, str]] = ()) -> None:
+    try:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(payload)))
+        for k, v in headers:
+            handler.send_header(k, v)
+        handler.end_headers()
+        handler.wfile.write(payload)
+    except OSError:
+        pass  # the client gave up (timeout): nothing to answer
+
+
+def chat_reply(model: str, text: str, **extra: Any) -> dict[str, Any]:
+    """A minimal chat.completion body carrying `text`."""
+    return {"id": "x", "object": "chat.completion", "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            **extra}

@@ -8,11 +8,11 @@ import shutil
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from serverutil import LoopbackEndpoint, chat_reply, send_json
 
 from aspd.bench.data import BenchDataError, find_bench_dir, load_questions
 from aspd.bench.exact import exact_summary, extract_number, gold_number, load_gold, score_exact
@@ -149,10 +149,6 @@ def test_quality_summary_counts() -> None:
 # ------------------------------------------------------------------------------- end to end against a real server
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-
 class FakeJudge:
     """A chat-completions endpoint on a loopback port whose reply depends on a marker in the judged answer:
     GOOD -> "[[8]]", RETRY -> garbage on the first call then "[[6]]", NEVER -> never a parseable rating,
@@ -162,30 +158,13 @@ class FakeJudge:
         self.requests: list[dict[str, Any]] = []
         self.seen: Counter[str] = Counter()
         self.lock = threading.Lock()
-        judge = self
+        self.endpoint = LoopbackEndpoint(self.on_post)
+        self.url = self.endpoint.url
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                status, text = judge.answer(body)
-                payload = json.dumps(
-                    {"id": "x", "object": "chat.completion", "model": body["model"],
-                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                  "finish_reason": "stop"}]} if status == 200 else {"error": "injected"}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.server = _Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def on_post(self, handler: Any, body: dict[str, Any]) -> None:
+        status, text = self.answer(body)
+        payload = chat_reply(body["model"], text) if status == 200 else {"error": "injected"}
+        send_json(handler, status, json.dumps(payload).encode())
 
     def answer(self, body: dict[str, Any]) -> tuple[int, str]:
         user = body["messages"][-1]["content"]
@@ -206,8 +185,7 @@ class FakeJudge:
         return 200, "Rating: [[8]]"
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.endpoint.close()
 
 
 @pytest.fixture

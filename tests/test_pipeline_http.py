@@ -14,11 +14,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
+from serverutil import LoopbackEndpoint, chat_reply, send_json
 
 from aspd.cli import main
 from aspd.pipeline.backends import CallLog, use_log
@@ -43,11 +44,6 @@ def auto_markup(answer: str) -> str:
     return "PARALLEL: yes\n<<<ANSWER\n" + "\n".join(marked) + "\nANSWER>>>"
 
 
-class _Server(ThreadingHTTPServer):
-    request_queue_size = 128  # the default backlog of 5 drops connects under a burst (seen as timeouts)
-    daemon_threads = True
-
-
 class FakeLLM:
     """A chat-completions endpoint that plays scripted faults, then answers like a cooperative model.
 
@@ -62,52 +58,32 @@ class FakeLLM:
         self.delay = 0.0
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
-        fake = self
+        self.endpoint = LoopbackEndpoint(self.on_post)
+        self.url = self.endpoint.url
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with fake.lock:
-                    fake.requests.append(body)
-                    action = fake.actions.popleft() if fake.actions else fake.default
-                    delay = fake.delay
-                if action == "timeout":
-                    time.sleep(HANG)
-                    action = "ok"
-                if action == "drop":
-                    self.close_connection = True
-                    self.connection.shutdown(2)
-                    return
-                time.sleep(delay)
-                status, payload = 200, b""
-                if action in ("500", "503", "400"):
-                    status, payload = int(action), json.dumps({"error": {"message": "injected"}}).encode()
-                elif action == "garbage":
-                    payload = b"{this is not json"
-                elif action == "nochoices":
-                    payload = json.dumps({"object": "chat.completion"}).encode()
-                else:
-                    payload = json.dumps(fake.reply(body)).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    if status == 503:
-                        self.send_header("Retry-After", "0")
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except OSError:
-                    pass  # the client gave up (timeout): nothing to answer
-
-        self.server = _Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def on_post(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+        with self.lock:
+            self.requests.append(body)
+            action = self.actions.popleft() if self.actions else self.default
+            delay = self.delay
+        if action == "timeout":
+            time.sleep(HANG)
+            action = "ok"
+        if action == "drop":
+            handler.close_connection = True
+            handler.connection.shutdown(2)
+            return
+        time.sleep(delay)
+        status, payload = 200, b""
+        if action in ("500", "503", "400"):
+            status, payload = int(action), json.dumps({"error": {"message": "injected"}}).encode()
+        elif action == "garbage":
+            payload = b"{this is not json"
+        elif action == "nochoices":
+            payload = json.dumps({"object": "chat.completion"}).encode()
+        else:
+            payload = json.dumps(self.reply(body)).encode()
+        send_json(handler, status, payload, [("Retry-After", "0")] if status == 503 else [])
 
     def reply(self, body: dict[str, Any]) -> dict[str, Any]:
         system, user = body["messages"][0]["content"], body["messages"][-1]["content"]
@@ -116,13 +92,11 @@ class FakeLLM:
             text = auto_markup(original)
         else:
             text = "VERDICT: true\nREASON: the parts stand alone"
-        return {"id": "x", "object": "chat.completion", "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}}
+        return chat_reply(body["model"], text,
+                          usage={"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110})
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.endpoint.close()
 
 
 @pytest.fixture

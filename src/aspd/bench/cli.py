@@ -412,9 +412,8 @@ def _cmd_nll(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from aspd.bench.merge import report
 
-    for path in args.results:
-        _load_answers(Path(path))  # a clear error for a file that is not a bench result
-    md, png = report(args.results, args.out, args.title)
+    runs = [_load_answers(Path(path)) for path in args.results]  # a clear error for a file that is not one
+    md, png = report(args.results, args.out, args.title, runs)
     print(md.read_text(encoding="utf-8"))
     print(f"aspd: wrote {md} and {png}", file=sys.stderr)
     return 0

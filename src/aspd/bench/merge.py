@@ -38,11 +38,13 @@ def points(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def report(paths: Sequence[str | Path], out_dir: str | Path, title: str = "Benchmark report") -> tuple[Path, Path]:
-    """Write report.md and report.png into out_dir; returns their paths."""
+def report(paths: Sequence[str | Path], out_dir: str | Path, title: str = "Benchmark report",
+           runs: Sequence[dict[str, Any]] | None = None) -> tuple[Path, Path]:
+    """Write report.md and report.png into out_dir; returns their paths. `runs`: the files already loaded."""
+    if runs is None:
+        runs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
     rows: list[dict[str, Any]] = []
-    for p in paths:
-        results = json.loads(Path(p).read_text(encoding="utf-8"))
+    for p, results in zip(paths, runs, strict=True):
         rows += [{**r, "source": str(p), "machine": results.get("machine", {}).get("gpu")
                   or results.get("machine", {}).get("cpu", "?")} for r in points(results)]
     out = Path(out_dir)
