@@ -1,16 +1,18 @@
-"""Engine speed on one machine: (a) parallel step time vs live branches, (b) serial tokens/s vs HF generate.
+"""Engine speed on one machine, per engine (eager, fast): step time vs live branches, serial speed vs HF generate.
 
 (a) For N = 2, 4, 8, 16 a real group is opened by forcing N titles through `answer_prefix`; the engine then
-    decodes N branches in lockstep, one forward per step. `_Run.forward` (the engine's only model call: mask
-    build + model forward) is wrapped with a timer, and the steps that fed exactly N branch tokens are kept.
-    N = 1 is the serial step (a group needs >= 2 branches), timed the same way during a serial decode.
+    decodes N branches in lockstep, one forward per step. `_Run.forward` (the engine's only model call: cache
+    write, mask and model forward) is wrapped with a timer, and the steps that fed exactly N branch tokens are
+    kept. N = 1 is the serial step (a group needs >= 2 branches), timed the same way during a serial decode.
     "step" is forward start to next forward start, so it includes sampling and bookkeeping.
-(b) Serial decoding: the engine in serial mode vs Hugging Face `model.generate` (greedy), same model, prompt and
-    number of new tokens (end-of-turn disabled on both sides so both produce exactly that many), interleaved
-    runs, medians of wall time with prefill included, and their ratio.
+(b) Serial decoding: each engine in serial mode and Hugging Face `model.generate` (greedy), same model, prompt
+    and number of new tokens (end-of-turn disabled everywhere so all produce exactly that many), interleaved
+    runs, medians of wall time with prefill included, and the ratios to HF.
+(c) The bandwidth floor of a serial step: bytes of weights and KV cache one step reads, divided by the measured
+    device-to-device copy bandwidth, and the share of it each engine reaches.
 
-A plain model (no ASPD fine-tune) works: the control tokens are added with rows at the mean embedding, so the
-model decodes structure only where it is forced. Results: a table on stdout, JSON + Markdown at --out.
+A plain model works: the control tokens are added with rows at the mean embedding, so the model decodes
+structure only where it is forced. Results: a table on stdout, JSON + Markdown at --out.
 
     ASPD_CACHE=/work/cache python benchmarks/engine_speed.py --model smollm2-135m --device cpu
 """
@@ -80,7 +82,7 @@ class ForwardTimer:
             out = orig(run, ids, pos, grp, br)
             sync(timer.device)
             timer.records.append((t0, time.perf_counter() - t0, len(ids), all(g != MAIN for g in grp),
-                                  run.pos.numel()))
+                                  run.kv.length))
             return out
 
         _Run.forward = forward  # type: ignore[method-assign]
@@ -149,7 +151,8 @@ def bench_branches(eng: HybridEngine, args: argparse.Namespace) -> list[dict[str
                 fwd[n] += f
                 step[n] += s
                 ctx[n] += c
-        print(f"  branches: run {rep + 1}/{args.warmup + args.repeats} done", file=sys.stderr, flush=True)
+        print(f"  {eng.engine} branches: run {rep + 1}/{args.warmup + args.repeats} done", file=sys.stderr,
+              flush=True)
     rows: list[dict[str, Any]] = []
     for n in args.branches:
         row = {"branches": n, "forward_ms": 1e3 * statistics.median(fwd[n]),
@@ -157,61 +160,101 @@ def bench_branches(eng: HybridEngine, args: argparse.Namespace) -> list[dict[str
                "context": round(statistics.mean(ctx[n]))}
         row["tok_s"] = n * 1e3 / row["step_ms"]
         rows.append(row)
-        print(f"  branches {n:>2}: forward {row['forward_ms']:7.2f} ms  step {row['step_ms']:7.2f} ms  "
-              f"({row['steps']} steps)", file=sys.stderr, flush=True)
+        print(f"  {eng.engine} branches {n:>2}: forward {row['forward_ms']:7.2f} ms  step {row['step_ms']:7.2f} ms"
+              f"  ({row['steps']} steps)", file=sys.stderr, flush=True)
     base = rows[0]["step_ms"]
     for r in rows:
         r["step_vs_first"] = r["step_ms"] / base
     return rows
 
 
-def bench_serial(eng: HybridEngine, args: argparse.Namespace) -> dict[str, Any]:
+def bench_serial(engines: dict[str, HybridEngine], args: argparse.Namespace) -> dict[str, Any]:
     from transformers import GenerationConfig
 
-    model, tok = eng.model, eng.tokenizer
-    prompt = eng.prompt_ids(args.prompt)
+    first = next(iter(engines.values()))
+    model, tok = first.model, first.tokenizer
+    prompt = first.prompt_ids(args.prompt)
     t = args.new_tokens
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     cfg = GenerationConfig(do_sample=False, max_new_tokens=t, min_new_tokens=t, eos_token_id=None, pad_token_id=pad)
-    inp = torch.tensor([prompt], device=eng.device)
+    inp = torch.tensor([prompt], device=first.device)
 
-    def run_engine() -> tuple[float, list[int]]:
+    def timed(fn: Callable[[], list[int]]) -> tuple[float, list[int]]:
         sync(args.device)
         t0 = time.perf_counter()
-        g = eng.generate(prompt, mode="serial", limits=Limits(max_new_tokens=t))
+        ids = fn()
         sync(args.device)
-        return time.perf_counter() - t0, g.answer_ids
+        return time.perf_counter() - t0, ids
 
-    def run_hf() -> tuple[float, list[int]]:
-        sync(args.device)
-        t0 = time.perf_counter()
+    def hf() -> list[int]:
         with torch.inference_mode():
-            out = model.generate(inp, generation_config=cfg)
-        sync(args.device)
-        return time.perf_counter() - t0, out[0, len(prompt):].tolist()
+            return model.generate(inp, generation_config=cfg)[0, len(prompt):].tolist()
 
-    eng_s: list[float] = []
-    hf_s: list[float] = []
+    runs: dict[str, Callable[[], list[int]]] = {"hf_generate": hf}
+    for name, eng in engines.items():
+        runs[name] = lambda eng=eng: eng.generate(prompt, mode="serial", limits=Limits(max_new_tokens=t)).answer_ids
+    secs: dict[str, list[float]] = {k: [] for k in runs}
+    ids: dict[str, list[int]] = {}
     same = True
     for rep in range(args.warmup + args.serial_repeats):
-        # Alternate which goes first so drift (thermal, caches) does not favour one side.
-        order = [(run_engine, eng_s), (run_hf, hf_s)]
-        if rep % 2:
-            order.reverse()
-        ids: list[list[int]] = []
-        for fn, acc in order:
-            sec, got = fn()
-            ids.append(got)
+        # Rotate which goes first so drift (thermal, caches) does not favour one side.
+        names = list(runs)
+        names = names[rep % len(names):] + names[: rep % len(names)]
+        for k in names:
+            sec, got = timed(runs[k])
+            same = same and ids.setdefault(k, got) == got
             if rep >= args.warmup:
-                acc.append(sec)
-        same = same and ids[0] == ids[1]
-    e, h = statistics.median(eng_s), statistics.median(hf_s)
-    res = {"new_tokens": t, "prompt_tokens": len(prompt), "engine_tok_s": t / e, "hf_tok_s": t / h,
-           "engine_over_hf": h / e, "engine_runs_s": [round(x, 4) for x in eng_s],
-           "hf_runs_s": [round(x, 4) for x in hf_s], "same_tokens": same}
-    print(f"  serial: engine {res['engine_tok_s']:.1f} tok/s, HF generate {res['hf_tok_s']:.1f} tok/s",
-          file=sys.stderr, flush=True)
+                secs[k].append(sec)
+    res: dict[str, Any] = {"new_tokens": t, "prompt_tokens": len(prompt), "runs_s": {}, "tok_s": {}}
+    for k in runs:
+        res["runs_s"][k] = [round(x, 4) for x in secs[k]]
+        res["tok_s"][k] = t / statistics.median(secs[k])
+    res["over_hf"] = {k: res["tok_s"][k] / res["tok_s"]["hf_generate"] for k in engines}
+    res["same_tokens"] = same and all(ids[k] == ids["hf_generate"] for k in runs)
+    res["first_divergence"] = {k: next((i for i, (a, b) in enumerate(zip(ids[k], ids["hf_generate"], strict=True))
+                                        if a != b), None) for k in engines}
+    print("  serial: " + ", ".join(f"{k} {v:.1f} tok/s" for k, v in res["tok_s"].items()), file=sys.stderr,
+          flush=True)
     return res
+
+
+def copy_bandwidth(device: str, mib: int = 1024) -> float:
+    """Bytes per second a device-to-device copy moves (read + write counted), median of 5."""
+    x = torch.empty(mib << 20, dtype=torch.uint8, device=device)
+    y = torch.empty_like(x)
+    secs = []
+    for _ in range(6):
+        sync(device)
+        t0 = time.perf_counter()
+        y.copy_(x)
+        sync(device)
+        secs.append(time.perf_counter() - t0)
+    return 2 * x.numel() / statistics.median(secs[1:])
+
+
+def bandwidth_floor(engines: dict[str, HybridEngine], serial: dict[str, Any], branch_steps: dict[str, Any],
+                    args: argparse.Namespace) -> dict[str, Any]:
+    """What one serial step must read (weights once, plus the keys/values it attends over) at copy speed."""
+    eng = next(iter(engines.values()))
+    model = eng.model
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())  # tied matrices counted once
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_per_slot = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head * next(model.parameters()).element_size()
+    bw = copy_bandwidth(args.device)
+    out: dict[str, Any] = {"weight_bytes": weights, "kv_bytes_per_slot": kv_per_slot, "copy_bytes_per_s": bw,
+                           "engines": {}}
+    for name, e in engines.items():
+        # The eager engine attends over the filled slots; the fast one over its whole preallocated capacity
+        # on a GPU (static graph shapes) and over the filled slots on a CPU.
+        slots = serial["prompt_tokens"] + serial["new_tokens"] / 2
+        if name == "fast" and e._static is not None and e._static.bucketed:
+            slots = e._static.capacity
+        floor_s = (weights + kv_per_slot * slots) / bw
+        step_s = 1e-3 * branch_steps[name][0]["step_ms"]
+        out["engines"][name] = {"slots_read": round(slots), "floor_ms": 1e3 * floor_s, "step_ms": 1e3 * step_s,
+                                "share_of_floor": floor_s / step_s}
+    return out
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -225,7 +268,7 @@ def command() -> str:
 
 
 def markdown(res: dict[str, Any]) -> str:
-    m, s = res["machine"], res["serial"]
+    m, s, bw = res["machine"], res["serial"], res["bandwidth"]
     hw = m.get("gpu") or f"{m['cpu']} ({m['cpu_count']} cores, {m['torch_threads']} torch threads)"
     lines = [
         f"# Engine speed: {res['model']} on {res['device']} ({res['dtype']})",
@@ -240,27 +283,42 @@ def markdown(res: dict[str, Any]) -> str:
         f"{res['settings']['repeats']} runs, medians)",
         "",
         "N = 1 is the serial step; N >= 2 are steps of a real group forced via `answer_prefix`. forward = "
-        "`_Run.forward` (mask + model); step = forward start to next forward start (sampling included).",
+        "`_Run.forward` (cache write, mask, model); step = forward start to next forward start (sampling included).",
         "",
-        "| live branches | forward ms | step ms | step vs N=1 | tokens/s | steps | mean context |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| engine | live branches | forward ms | step ms | step vs N=1 | tokens/s | steps | mean context |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in res["branch_steps"]:
-        lines.append(f"| {r['branches']} | {r['forward_ms']:.2f} | {r['step_ms']:.2f} | {r['step_vs_first']:.2f}x | "
-                     f"{r['tok_s']:.1f} | {r['steps']} | {r['context']} |")
+    for name, rows in res["branch_steps"].items():
+        for r in rows:
+            lines.append(f"| {name} | {r['branches']} | {r['forward_ms']:.2f} | {r['step_ms']:.2f} | "
+                         f"{r['step_vs_first']:.2f}x | {r['tok_s']:.1f} | {r['steps']} | {r['context']} |")
     lines += [
         "",
-        f"## Serial decoding: engine vs HF generate ({s['new_tokens']} new tokens, prompt {s['prompt_tokens']} "
-        f"tokens, {len(s['engine_runs_s'])} interleaved runs each, prefill included)",
+        f"## Serial decoding ({s['new_tokens']} new tokens, prompt {s['prompt_tokens']} tokens, "
+        f"{len(s['runs_s']['hf_generate'])} interleaved runs each, prefill included)",
         "",
-        "| | tokens/s (median) | runs (s) |",
-        "|---|---:|---|",
-        f"| engine, serial mode | {s['engine_tok_s']:.1f} | {', '.join(map(str, s['engine_runs_s']))} |",
-        f"| HF `generate`, greedy | {s['hf_tok_s']:.1f} | {', '.join(map(str, s['hf_runs_s']))} |",
-        "",
-        f"Engine / HF speed ratio: **{s['engine_over_hf']:.2f}x**. Same greedy tokens: {s['same_tokens']}.",
-        "",
+        "| | tokens/s (median) | vs HF generate | first token differing from HF | runs (s) |",
+        "|---|---:|---:|---:|---|",
     ]
+    for k, v in s["tok_s"].items():
+        ratio = f"{s['over_hf'][k]:.2f}x" if k in s["over_hf"] else "1.00x"
+        div = s["first_divergence"].get(k, None) if k in s["first_divergence"] else "-"
+        lines.append(f"| {k} | {v:.1f} | {ratio} | {'none' if div is None else div} | "
+                     f"{', '.join(map(str, s['runs_s'][k]))} |")
+    lines += [
+        "",
+        "## Bandwidth floor of a serial step",
+        "",
+        f"Weights {bw['weight_bytes'] / 2**20:.1f} MiB, KV {bw['kv_bytes_per_slot'] / 1024:.1f} KiB per slot; "
+        f"measured copy bandwidth {bw['copy_bytes_per_s'] / 1e9:.0f} GB/s (read + write).",
+        "",
+        "| engine | slots read | floor ms | serial step ms | share of floor reached |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for k, v in bw["engines"].items():
+        lines.append(f"| {k} | {v['slots_read']} | {v['floor_ms']:.3f} | {v['step_ms']:.2f} | "
+                     f"{100 * v['share_of_floor']:.1f}% |")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -268,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m", help="registry name, local folder, or 'tiny' (random)")
+    p.add_argument("--engines", default="eager,fast", help="engines to time, comma-separated (default eager,fast)")
     p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     p.add_argument("--branches", default="1,2,4,8,16", help="live branch counts to time (comma-separated)")
@@ -290,8 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     dtype = resolve_dtype(args.dtype, args.device)
     model, tok = load(args.model, args.device, args.dtype)
-    eng = HybridEngine(model, tok)
-    eng.eot = set()  # fixed-length runs: no end-of-turn stops a branch or the serial decode early
+    engines = {name: HybridEngine(model, tok, engine=name) for name in args.engines.split(",")}
+    for eng in engines.values():
+        eng.eot = set()  # fixed-length runs: no end-of-turn stops a branch or the serial decode early
 
     name = Path(args.model).name if os.sep in args.model else args.model
     out = Path(args.out) if args.out else Path("benchmarks/results") / f"engine_speed_{args.device.split(':')[0]}_{name}"
@@ -306,22 +366,23 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(args.device),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "model": args.model, "device": args.device, "dtype": str(dtype).removeprefix("torch."),
-        "settings": {k: getattr(args, k) for k in ("branches", "branch_tokens", "repeats", "new_tokens",
+        "settings": {k: getattr(args, k) for k in ("engines", "branches", "branch_tokens", "repeats", "new_tokens",
                                                      "serial_repeats", "warmup", "prompt")},
     }
     print(f"engine_speed: {args.model} on {args.device} ({res['dtype']})", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     load_before = os.getloadavg()
-    res["branch_steps"] = bench_branches(eng, args)
-    res["serial"] = bench_serial(eng, args)
+    res["branch_steps"] = {name: bench_branches(eng, args) for name, eng in engines.items()}
+    res["serial"] = bench_serial(engines, args)
+    res["bandwidth"] = bandwidth_floor(engines, res["serial"], res["branch_steps"], args)
     res["total_seconds"] = round(time.perf_counter() - t0, 1)
     # Other processes on the machine skew timings; the 1-minute load average says whether they were around.
     res["machine"]["load_avg_1m"] = {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)}
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
+    Path(f"{out}.json").write_text(json.dumps(res, indent=2) + "\n")
     md = markdown(res)
-    out.with_suffix(".md").write_text(md)
+    Path(f"{out}.md").write_text(md)
     print(md)
     print(f"wrote {out}.json and {out}.md", file=sys.stderr)
     return 0

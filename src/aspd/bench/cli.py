@@ -22,9 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from aspd.cli import CLIError
-from aspd.engine.cli import add_limit_args, add_sampling_args, limits_from_args, sampling_from_args
+from aspd.engine.cli import (
+    DTYPES,
+    ENGINE_HELP,
+    add_limit_args,
+    add_sampling_args,
+    limits_from_args,
+    sampling_from_args,
+)
 
-DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 REFERENCE_MODEL = "smollm2-135m"  # the original model the ASPD SmolLM2 fine-tune starts from
 
 
@@ -63,6 +69,7 @@ def register(sub: Any) -> None:
                    help="output directory for results.json and results.md (default: runs/bench/<bench>-<time>)")
     _add_device(p)
     p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"), help="attention backend (default sdpa)")
+    p.add_argument("--engine", default="auto", choices=("auto", "fast", "eager"), help=ENGINE_HELP)
     p.add_argument("--warmup", type=int, default=1, metavar="N", help="warm-up generations per model (default 1)")
     p.add_argument("--nll-model", default=None, metavar="NAME",
                    help="also score every answer's per-token NLL under this reference model (e.g. the original)")
@@ -198,7 +205,7 @@ def _cmd_speed(args: argparse.Namespace) -> int:
 
     hf_logging.set_verbosity_error()
     try:
-        engines = load_engines(specs, device=device, dtype=args.dtype, attn=args.attn)
+        engines = load_engines(specs, device=device, dtype=args.dtype, attn=args.attn, engine=args.engine)
     except Exception as e:  # one line for the user; the library raises as usual
         raise CLIError(f"cannot load a model: {_err(e)}") from None
     for s in specs:
@@ -224,7 +231,7 @@ def _cmd_speed(args: argparse.Namespace) -> int:
             "models": [{**asdict(s), "is_aspd_model": engines[s.name].is_aspd_model,
                         "mask_mode": engines[s.name].mask_mode.value, "pos_mode": engines[s.name].pos_mode.value}
                        for s in specs],
-            "device": device, "dtype": args.dtype, "attn": args.attn, "sampling": asdict(sampling),
+            "device": device, "dtype": args.dtype, "attn": args.attn, "engine": args.engine, "sampling": asdict(sampling),
             "seed_rule": "question i uses sampling.seed + i", "limits": asdict(limits), "warmup": args.warmup,
             "nll_model": args.nll_model, "answer_prefix": args.answer_prefix,
         },

@@ -67,12 +67,13 @@ def sync(device: torch.device | str) -> None:
 
 
 def load_engines(specs: Sequence[ModelSpec], *, device: str | None = None, dtype: str = "auto",
-                 attn: str = "sdpa") -> dict[str, HybridEngine]:
+                 attn: str = "sdpa", engine: str = "auto") -> dict[str, HybridEngine]:
     """One engine per distinct model name (a model run as hybrid and as serial shares its weights)."""
     engines: dict[str, HybridEngine] = {}
     for s in specs:
         if s.name not in engines:
-            engines[s.name] = HybridEngine.from_pretrained(s.name, device=device, dtype=dtype, attn=attn)
+            engines[s.name] = HybridEngine.from_pretrained(s.name, device=device, dtype=dtype, attn=attn,
+                                                           engine=engine)
     return engines
 
 

@@ -21,6 +21,8 @@ DEFAULT_MODEL = "aspd-smollm2-135m"
 
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 MODES = ("hybrid", "serial")
+ENGINE_HELP = ("fast: preallocated cache, CUDA graphs on a GPU, one batched draw per step; eager: the reference "
+               "path (default auto = fast)")
 
 
 # ------------------------------------------------------------------------------------------ parser
@@ -46,6 +48,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     m.add_argument("--dtype", default="auto", choices=DTYPES, help="default: bf16 on a capable GPU, else fp32")
     m.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"),
                    help="attention backend; it must take the 4D branch mask (default: sdpa)")
+    m.add_argument("--engine", default="auto", choices=("auto", "fast", "eager"),
+                   help=ENGINE_HELP)
     m.add_argument("--mode", default="hybrid", choices=MODES,
                    help="hybrid: decode parallel groups in parallel; serial: never open a group")
     m.add_argument("--mask-mode", default=None, choices=[x.value for x in MaskMode],
@@ -169,7 +173,8 @@ def load_engine(args: argparse.Namespace) -> Any:
     hf_logging.set_verbosity_error()  # tokenizer advice is noise on a CLI's stderr
     try:
         engine = HybridEngine.from_pretrained(args.model, device=args.device, dtype=args.dtype, attn=args.attn,
-                                              mask_mode=args.mask_mode, pos_mode=args.pos_mode)
+                                              mask_mode=args.mask_mode, pos_mode=args.pos_mode,
+                                              engine=args.engine)
     except CLIError:
         raise
     except Exception as e:  # a CLI reports load failures in one line; the library raises them as usual

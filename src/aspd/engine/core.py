@@ -7,6 +7,7 @@ matters and nothing is ever re-prefilled.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -14,10 +15,11 @@ from typing import Any
 
 import torch
 
-from aspd.attention import layer_windows, mask_dtype, model_mask
-from aspd.engine.sampling import SamplingParams, sample, stream_generator
+from aspd.attention import layer_windows, mask_dtype
+from aspd.engine.kv import DynamicKV, StaticKV, resolve_engine
+from aspd.engine.sampling import BatchSampler, SamplingParams, StreamSampler
 from aspd.engine.text import Detokenizer
-from aspd.layout import MAIN, MaskMode, PositionPlanner, PosMode, visibility
+from aspd.layout import MAIN, MaskMode, PositionPlanner, PosMode
 from aspd.markup import Branch, Document, Group, Serial, flatten
 from aspd.sample import Message, end_of_turn_ids, prompt_ids
 from aspd.tokens import DEFAULT_TOKENS, ControlIds, add_control_tokens, branch_prefix_ids
@@ -111,7 +113,12 @@ class _Branch:
 
 
 class HybridEngine:
-    """Decode a causal LM with adaptive serial-parallel structure. Works with any HF model taking 4D masks."""
+    """Decode a causal LM with adaptive serial-parallel structure. Works with any HF model taking 4D masks.
+
+    engine: `fast` (default) keeps one preallocated cache per engine, replays CUDA graphs on a GPU and samples
+    every stream in one batched draw; `eager` is the reference (a fresh growing cache per answer, one generator
+    per stream). Both give the same greedy tokens. A fast engine answers one prompt at a time (a lock).
+    """
 
     def __init__(
         self,
@@ -122,6 +129,7 @@ class HybridEngine:
         pos_mode: PosMode | str = PosMode.SAME_SEQ,
         predict_scale: float = 10.0,
         predicted_length: int = 20,
+        engine: str = "auto",
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -137,6 +145,9 @@ class HybridEngine:
         self.windows = layer_windows(model.config)
         self.mask_dtype = mask_dtype(model)
         self.device = next(model.parameters()).device
+        self.engine = resolve_engine(engine, self.device)
+        self._static: StaticKV | None = None
+        self._lock = threading.Lock()
         self.eot = set(end_of_turn_ids(tokenizer))
         if tokenizer.eos_token_id is not None:
             self.eot.add(int(tokenizer.eos_token_id))
@@ -146,11 +157,14 @@ class HybridEngine:
         c = self.ctrl
         self._ban_serial = self._ban([c.branch, c.branch_end, c.para_end, c.title_end])
         self._ban_branch = self._ban([c.title, c.title_end, c.para, c.para_end, c.branch])
+        self._ban_in_title = self._ban([c.title, c.para, c.branch, c.branch_end, c.para_end, *self.eot])
+        self._only_title_end = ~self._ban([c.title_end])
+        self._only_branch_end = ~self._ban([c.branch_end])
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, device: str | None = None, dtype: str = "auto",
                         attn: str = "sdpa", mask_mode: str | None = None, pos_mode: str | None = None,
-                        **kw: Any) -> HybridEngine:
+                        engine: str = "auto", **kw: Any) -> HybridEngine:
         """Load a model (registry name or folder). Mask/position modes default to the model's aspd.json.
 
         A plain (not ASPD-trained) model gets the control tokens with rows at the mean embedding, so it never
@@ -166,7 +180,7 @@ class HybridEngine:
         is_aspd = all(t in tok.get_vocab() for t in DEFAULT_TOKENS.all())
         add_control_tokens(tok, model)  # idempotent; also grows the rows if only the tokenizer had them
         engine = cls(model, tok, mask_mode=mask_mode or meta.get("mask_mode", MaskMode.INDEP.value),
-                     pos_mode=pos_mode or meta.get("pos_mode", PosMode.SAME_SEQ.value), **kw)
+                     pos_mode=pos_mode or meta.get("pos_mode", PosMode.SAME_SEQ.value), engine=engine, **kw)
         engine.is_aspd_model = is_aspd
         return engine
 
@@ -210,28 +224,29 @@ class HybridEngine:
             ids = self.prompt_ids(prompt, chat=chat)  # type: ignore[arg-type]
         if not ids:
             raise ValueError("empty prompt")
-        run = _Run(self, ids, mode == "hybrid", sampling or SamplingParams(), limits or Limits(),
-                   list(answer_prefix), on_event, record)
-        return run.execute()
+        sp, lim = sampling or SamplingParams(), limits or Limits()
+        if self.engine == "eager":
+            return _Run(self, ids, mode == "hybrid", sp, lim, list(answer_prefix), on_event, record,
+                        DynamicKV(self), StreamSampler(sp, self.vocab, self.device)).execute()
+        with self._lock:
+            if self._static is None:
+                self._static = StaticKV(self, max(1024, len(ids) + lim.max_new_tokens + 256))
+            self._static.reset()
+            return _Run(self, ids, mode == "hybrid", sp, lim, list(answer_prefix), on_event, record,
+                        self._static, BatchSampler(sp, self.vocab, self.device)).execute()
 
 
 class _Run:
     """State of one generation: cache, slot tables, position planner and the output being assembled."""
 
     def __init__(self, eng: HybridEngine, prompt: list[int], hybrid: bool, sp: SamplingParams, limits: Limits,
-                 forced: list[int], on_event: Callable[[Event], None] | None, record: bool):
-        from transformers import DynamicCache
-
+                 forced: list[int], on_event: Callable[[Event], None] | None, record: bool,
+                 kv: DynamicKV | StaticKV, sampler: StreamSampler | BatchSampler):
         self.e, self.prompt, self.hybrid, self.sp, self.lim = eng, prompt, hybrid, sp, limits
         self.forced, self.on_event, self.record = forced, on_event, record
-        self.cache = DynamicCache()  # every layer keeps every slot; sliding windows live in the mask
-        dev = eng.device
-        self.pos = torch.empty(0, dtype=torch.long, device=dev)
-        self.grp = torch.empty(0, dtype=torch.long, device=dev)
-        self.br = torch.empty(0, dtype=torch.long, device=dev)
+        self.kv, self.sampler = kv, sampler
         self.planner = PositionPlanner(eng.pos_mode, predict_scale=eng.predict_scale)
         self.stats = Stats(prefill_tokens=len(prompt))
-        self.gens: dict[Stream, torch.Generator] = {}
         self.segments: list[Serial | Group] = []
         self.serial_ids: list[int] = []  # current run of serial text
         self.answer_ids: list[int] = []  # flattened order
@@ -254,26 +269,8 @@ class _Run:
 
     def forward(self, ids: list[int], pos: list[int], grp: list[int], br: list[int]) -> torch.Tensor:
         """Feed tokens (any owners) in one forward; returns their logits [n, V]."""
-        e = self.e
-        dev = e.device
-        n0 = self.pos.numel()
-        t = lambda xs: torch.tensor(xs, dtype=torch.long, device=dev)  # noqa: E731
-        q_pos, q_grp, q_br = t(pos), t(grp), t(br)
-        self.pos = torch.cat([self.pos, q_pos])
-        self.grp = torch.cat([self.grp, q_grp])
-        self.br = torch.cat([self.br, q_br])
-        k_order = torch.arange(self.pos.numel(), device=dev)
-        q_order = k_order[n0:]
-        mask = model_mask(
-            e.windows,
-            lambda w: visibility(q_grp, q_br, q_order, self.grp, self.br, k_order, e.mask_mode,
-                                 q_pos=q_pos, k_pos=self.pos, window=w),
-            e.mask_dtype,
-        )
-        out = e.model(input_ids=t(ids)[None], position_ids=q_pos[None], attention_mask=mask,
-                      past_key_values=self.cache, use_cache=True)
+        logits = self.kv.feed(ids, pos, grp, br)
         self.stats.forwards += 1
-        logits = out.logits[0]
         if self.record:
             self.slots.extend(zip(ids, pos, grp, br, strict=True))
             self.logits.extend(logits.float().cpu())
@@ -284,16 +281,10 @@ class _Run:
         """Sample one token per stream; forced answer-prefix tokens take precedence on the main stream."""
         if streams == [MAIN_STREAM] and self.forced:
             return [self.forced.pop(0)]
-        gens = None
-        if not self.sp.greedy:
-            gens = [self.gens.setdefault(s, stream_generator(self.sp.seed, s, self.e.device)) for s in streams]
         ban = None
         if any(b is not None for b in banned):
             ban = torch.stack([b if b is not None else torch.zeros_like(self.e._ban_serial) for b in banned])
-        history = None
-        if self.sp.repetition_penalty != 1.0:
-            history = [torch.tensor(h, dtype=torch.long, device=self.e.device) for h in hist]
-        return sample(logits, self.sp, gens, history, ban).tolist()
+        return self.sampler.draw(logits, streams, ban, hist)
 
     # ---------------------------------------------------------------- main loop
 
@@ -359,9 +350,7 @@ class _Run:
     def serial_ban(self, titles: list[list[int]], in_title: list[int] | None) -> torch.Tensor:
         e, c, lim = self.e, self.e.ctrl, self.lim
         if in_title is not None:
-            if len(in_title) >= lim.max_title_tokens:
-                return ~e._ban([c.title_end])
-            return e._ban([c.title, c.para, c.branch, c.branch_end, c.para_end, *e.eot])
+            return e._only_title_end if len(in_title) >= lim.max_title_tokens else e._ban_in_title
         ban = e._ban_serial.clone()
         if self.stats.groups >= lim.max_groups or len(titles) >= lim.max_branches:
             ban[c.title] = True
@@ -476,7 +465,7 @@ class _Run:
         for k, b in enumerate(which):
             x = branches[b]
             if len(x.ids) + 1 >= lim.max_branch_tokens or k >= budget_left:
-                bans.append(~e._ban([c.branch_end]))  # the cap forces the branch to end now
+                bans.append(e._only_branch_end)  # the cap forces the branch to end now
             else:
                 bans.append(e._ban_branch)
             hists.append(self.main_hist + x.ids)
@@ -493,10 +482,11 @@ class _Run:
         """same-re: lay the closed group end to end by re-rotating its cached keys to the new positions."""
         from aspd.engine.rope import rerotate_keys
 
-        sel = self.grp == g
-        new_pos = self.pos.clone()
+        kv = self.kv
+        sel = kv.grp == g
+        new_pos = kv.pos.clone()
         for b, s in enumerate(starts):
-            m = sel & (self.br == b)
-            new_pos[m] = self.pos[m] - branches[b].start + s
-        rerotate_keys(self.e.model, self.cache, sel.nonzero().flatten(), self.pos[sel], new_pos[sel])
-        self.pos = new_pos
+            m = sel & (kv.br == b)
+            new_pos[m] = kv.pos[m] - branches[b].start + s
+        rerotate_keys(self.e.model, kv.cache, sel.nonzero().flatten(), kv.pos[sel], new_pos[sel])
+        kv.pos[:] = new_pos

@@ -43,46 +43,129 @@ def stream_generator(seed: int, stream: tuple[int, int], device: torch.device) -
     return g
 
 
-def apply_repetition_penalty(logits: torch.Tensor, history: Sequence[torch.Tensor], penalty: float) -> torch.Tensor:
-    """The CTRL-style penalty HF uses: divide positive, multiply negative logits of tokens already seen."""
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """The CTRL-style penalty HF uses: divide positive, multiply negative logits of tokens seen ([N, V] bool)."""
     if penalty == 1.0:
         return logits
-    out = logits.clone()
-    for row, seen in enumerate(history):
-        if seen.numel():
-            idx = seen.unique()
-            vals = out[row, idx]
-            out[row, idx] = torch.where(vals > 0, vals / penalty, vals * penalty)
-    return out
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
 
 
 def sample(
     logits: torch.Tensor,
     params: SamplingParams,
-    generators: Sequence[torch.Generator] | None = None,
-    history: Sequence[torch.Tensor] | None = None,
+    generators: Sequence[torch.Generator] | torch.Generator | None = None,
+    seen: torch.Tensor | None = None,
     banned: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Next token per row of logits [N, V]. `banned` [N, V] bool masks tokens the stream may not emit."""
+    """Next token per row of logits [N, V]. `seen` [N, V] bool marks each row's history (repetition penalty);
+    `banned` [N, V] bool masks tokens the stream may not emit. `generators`: one per row, or one for all rows."""
     logits = logits.float()
-    if history is not None:
-        logits = apply_repetition_penalty(logits, history, params.repetition_penalty)
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
     if banned is not None:
         logits = logits.masked_fill(banned, float("-inf"))
     if params.greedy:
         return logits.argmax(-1)
     logits = logits / params.temperature
+    # Work on the candidates only: the top-k (sorted), or the whole vocabulary sorted when top-p alone is set.
     if params.top_k > 0:
-        k = min(params.top_k, logits.shape[-1])
-        kth = torch.topk(logits, k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        logits, order = torch.topk(logits, min(params.top_k, logits.shape[-1]), dim=-1)
+    elif params.top_p < 1.0:
+        logits, order = torch.sort(logits, descending=True, dim=-1)
+    else:
+        order = None
     if params.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) > params.top_p  # keep the smallest set reaching top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+        probs = logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > params.top_p  # keep the smallest set reaching top_p
+        logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(-1)
-    if generators is None:
-        return torch.multinomial(probs, 1).squeeze(-1)
-    return torch.cat([torch.multinomial(probs[i : i + 1], 1, generator=generators[i]) for i in range(len(probs))]).squeeze(-1)
+    if generators is None or isinstance(generators, torch.Generator):
+        pick = torch.multinomial(probs, 1, generator=generators)
+    else:
+        pick = torch.cat([torch.multinomial(probs[i : i + 1], 1, generator=generators[i]) for i in range(len(probs))])
+    return (pick if order is None else order.gather(-1, pick)).squeeze(-1)
+
+
+Stream = tuple[int, int]
+
+
+class StreamSampler:
+    """The eager engine's sampler: a generator per stream, histories read afresh at every step.
+
+    A stream's draws depend only on the seed and its own logits, whatever its siblings do.
+    """
+
+    def __init__(self, params: SamplingParams, vocab: int, device: torch.device):
+        self.sp, self.vocab, self.device = params, vocab, device
+        self.gens: dict[Stream, torch.Generator] = {}
+
+    def draw(self, logits: torch.Tensor, streams: Sequence[Stream], banned: torch.Tensor | None,
+             hists: Sequence[Sequence[int]]) -> list[int]:
+        gens = None
+        if not self.sp.greedy:
+            gens = [self.gens.setdefault(s, stream_generator(self.sp.seed, s, self.device)) for s in streams]
+        seen = None
+        if self.sp.repetition_penalty != 1.0:
+            seen = torch.zeros(len(hists), self.vocab, dtype=torch.bool, device=self.device)
+            for row, h in enumerate(hists):
+                seen[row, torch.tensor(list(h), dtype=torch.long, device=self.device)] = True
+        return sample(logits, self.sp, gens, seen, banned).tolist()
+
+
+class BatchSampler:
+    """The fast engine's sampler: one generator and one batched draw for all streams, histories kept on the device.
+
+    Each stream owns a row of a [streams, V] "seen" table that only the tokens new since its last draw update,
+    so a step uploads a handful of ids instead of every history. A stream met for the first time starts from the
+    main stream's row: its history must extend the main stream's, as a branch's does. The single `.tolist()`
+    at the end is the one host sync the engine's control flow needs.
+    """
+
+    def __init__(self, params: SamplingParams, vocab: int, device: torch.device, main: Stream = (-1, -1)):
+        self.sp, self.vocab, self.device, self.main = params, vocab, device, main
+        self.gen: torch.Generator | None = None
+        if not params.greedy:
+            self.gen = torch.Generator(device=device)
+            self.gen.manual_seed(params.seed)
+        self.penalize = params.repetition_penalty != 1.0
+        self.seen = torch.zeros(0, vocab, dtype=torch.bool, device=device)
+        self.rows: dict[Stream, tuple[int, int]] = {}  # stream -> (row, history tokens applied)
+
+    def _row(self, stream: Stream) -> tuple[int, int]:
+        if stream in self.rows:
+            return self.rows[stream]
+        if stream != self.main:  # a new group's branches reuse the rows of the previous group's
+            group = stream[0]
+            for s in [s for s in self.rows if s != self.main and s[0] != group]:
+                del self.rows[s]
+        used = {r for r, _ in self.rows.values()}
+        row = next(r for r in range(len(used) + 1) if r not in used)
+        if row >= self.seen.shape[0]:
+            grow = torch.zeros(row + 1 - self.seen.shape[0], self.vocab, dtype=torch.bool, device=self.device)
+            self.seen = torch.cat([self.seen, grow])
+        applied = 0
+        if stream != self.main and self.main in self.rows:
+            main_row, applied = self.rows[self.main]
+            self.seen[row] = self.seen[main_row]
+        else:
+            self.seen[row] = False
+        return row, applied
+
+    def draw(self, logits: torch.Tensor, streams: Sequence[Stream], banned: torch.Tensor | None,
+             hists: Sequence[Sequence[int]]) -> list[int]:
+        seen = None
+        if self.penalize:
+            rows, new_r, new_c = [], [], []
+            for s, h in zip(streams, hists, strict=True):
+                row, applied = self._row(s)
+                rows.append(row)
+                new_r += [row] * (len(h) - applied)
+                new_c += list(h[applied:])
+                self.rows[s] = (row, len(h))
+            upd = torch.tensor([new_r + rows, new_c + [0] * len(rows)], dtype=torch.long)
+            if self.device.type == "cuda":
+                upd = upd.pin_memory()  # an asynchronous upload: no sync before the draw
+            upd = upd.to(self.device, non_blocking=True)
+            self.seen[upd[0, : len(new_r)], upd[1, : len(new_r)]] = True
+            seen = self.seen[upd[0, len(new_r) :]]
+        return sample(logits, self.sp, self.gen, seen, banned).tolist()

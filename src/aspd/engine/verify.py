@@ -72,3 +72,16 @@ def check_consistency(engine: HybridEngine, generation: Any) -> dict[str, Any]:
         ref = forward_layout(engine.model, lay).float().cpu()
     diff = (ref - torch.stack(generation.logits)).abs().max().item()
     return {"max_abs_diff": diff, "slots": len(generation.slots)}
+
+
+def check_engines_agree(a: HybridEngine, b: HybridEngine, prompt: str, *, mode: str = "hybrid",
+                        limits: Limits | None = None) -> dict[str, Any]:
+    """Two engines on one model (eager vs fast): the same greedy tokens, and their logits on the slots both fed."""
+    ga = a.generate(prompt, mode=mode, limits=limits, record=True)
+    gb = b.generate(prompt, mode=mode, limits=limits, record=True)
+    first = next((i for i, (x, y) in enumerate(zip(ga.answer_ids, gb.answer_ids, strict=False)) if x != y), None)
+    shared = next((i for i, (x, y) in enumerate(zip(ga.slots, gb.slots, strict=False)) if x != y),
+                  min(len(ga.slots), len(gb.slots)))
+    diff = (torch.stack(ga.logits[:shared]) - torch.stack(gb.logits[:shared])).abs().max().item()
+    return {"ok": ga.answer_ids == gb.answer_ids, "tokens": len(ga.answer_ids), "first_difference": first,
+            "max_abs_logit_diff": diff, "groups": [ga.stats.groups, gb.stats.groups]}

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aspd.cli import CLIError
-
-DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+from aspd.engine.cli import DTYPES, ENGINE_HELP
 
 
 def register(sub: Any) -> None:
@@ -33,6 +32,7 @@ def register(sub: Any) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="default: bf16 on a capable GPU, else fp32")
     p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"), help="attention backend (default sdpa)")
+    p.add_argument("--engine", default="auto", choices=("auto", "fast", "eager"), help=ENGINE_HELP)
     p.add_argument("--mask-mode", default=None, choices=[x.value for x in MaskMode],
                    help="branch visibility (default: from the model's aspd.json)")
     p.add_argument("--pos-mode", default=None, choices=[x.value for x in PosMode],
@@ -54,7 +54,8 @@ def load_served(args: argparse.Namespace) -> Any:
     try:
         folder = model_folder(name)
         engine = HybridEngine.from_pretrained(str(folder), device=args.device, dtype=args.dtype, attn=args.attn,
-                                              mask_mode=args.mask_mode, pos_mode=args.pos_mode)
+                                              mask_mode=args.mask_mode, pos_mode=args.pos_mode,
+                                              engine=args.engine)
     except CLIError:
         raise
     except Exception as e:  # one line for the user; the library raises as usual

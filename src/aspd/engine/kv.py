@@ -1,0 +1,255 @@
+"""Where the engine keeps its KV cache and slot tables: grown step by step (eager) or preallocated (fast).
+
+Both give `feed(ids, pos, grp, br) -> logits [n, V]` for tokens of any owners, and expose the fed slots'
+position / group / branch tables (`pos`, `grp`, `br`, views that may be edited in place) and the HF `cache`.
+
+The fast path keeps one preallocated cache per engine. Slots are handed out in feed order, so "fed no later than"
+is "slot index <=" and a slot that is not written yet is never visible. A step writes only its new slots (KV,
+position, owner); the step's mask rows are derived from the tables on the device. On CUDA, steps of up to
+`max(BUCKETS)` tokens replay a CUDA graph captured once per bucket size; padding rows write to slots past the
+fed ones, which no real token sees before a real token overwrites them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from aspd.attention import model_mask
+from aspd.layout import MAIN, visibility
+
+# Graph sizes; a step of k tokens replays the smallest bucket >= k. Up to 16 covers every lockstep step (8
+# branches + <|/para|> by default); 32 and 64 cover most group openings (all prefixes in one forward).
+BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+ENGINES = ("eager", "fast")
+
+
+def resolve_engine(engine: str, device: torch.device) -> str:
+    """`auto` is the fast engine: graphs on CUDA, the same static cache without graphs elsewhere."""
+    if engine == "auto":
+        return "fast"
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of auto, {', '.join(ENGINES)}; not {engine!r}")
+    return engine
+
+
+class DynamicKV:
+    """The reference path: an HF DynamicCache, slot tables grown by concatenation, masks over every fed slot."""
+
+    def __init__(self, eng: Any):
+        from transformers import DynamicCache
+
+        self.e = eng
+        self.cache = DynamicCache()  # every layer keeps every slot; sliding windows live in the mask
+        empty = lambda: torch.empty(0, dtype=torch.long, device=eng.device)  # noqa: E731
+        self.pos, self.grp, self.br = empty(), empty(), empty()
+
+    @property
+    def length(self) -> int:
+        return self.pos.numel()
+
+    def feed(self, ids: list[int], pos: list[int], grp: list[int], br: list[int]) -> torch.Tensor:
+        e = self.e
+        n0 = self.length
+        t = lambda xs: torch.tensor(xs, dtype=torch.long, device=e.device)  # noqa: E731
+        q_pos, q_grp, q_br = t(pos), t(grp), t(br)
+        self.pos = torch.cat([self.pos, q_pos])
+        self.grp = torch.cat([self.grp, q_grp])
+        self.br = torch.cat([self.br, q_br])
+        k_order = torch.arange(self.length, device=e.device)
+        mask = model_mask(
+            e.windows,
+            lambda w: visibility(q_grp, q_br, k_order[n0:], self.grp, self.br, k_order, e.mask_mode,
+                                 q_pos=q_pos, k_pos=self.pos, window=w),
+            e.mask_dtype,
+        )
+        out = e.model(input_ids=t(ids)[None], position_ids=q_pos[None], attention_mask=mask,
+                      past_key_values=self.cache, use_cache=True)
+        return out.logits[0]
+
+
+class _SlotLayer(CacheLayerMixin):
+    """A preallocated layer that writes new keys/values at the slots its owner names for the current forward."""
+
+    is_compileable = True
+    is_sliding = False  # windows are applied in the mask; every layer keeps every slot
+
+    def __init__(self, owner: StaticKV):
+        super().__init__()
+        self.owner = owner
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        b, h, _, d = key_states.shape
+        cap = self.owner.capacity
+        self.keys = key_states.new_zeros(b, h, cap, d)
+        self.values = value_states.new_zeros(b, h, cap, value_states.shape[-1])
+        self.is_initialized = True
+
+    def grow(self, capacity: int, keep: int) -> None:
+        if not self.is_initialized:
+            return
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = old.new_zeros(*old.shape[:2], capacity, old.shape[-1])
+            new[:, :, :keep] = old[:, :, :keep]
+            setattr(self, name, new)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        slots, span = self.owner.write, self.owner.span
+        self.keys.index_copy_(2, slots, key_states)
+        self.values.index_copy_(2, slots, value_states)
+        return self.keys[:, :, :span], self.values[:, :, :span]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.owner.span, 0
+
+    def get_seq_length(self) -> int:
+        return self.owner.length
+
+    def get_max_length(self) -> int:
+        return self.owner.capacity
+
+
+class _Graph:
+    def __init__(self, graph: torch.cuda.CUDAGraph, inputs: torch.Tensor, logits: torch.Tensor):
+        self.graph, self.inputs, self.logits = graph, inputs, logits
+
+
+class StaticKV:
+    """The fast path's cache: preallocated KV and slot tables, reused by every run of one engine."""
+
+    def __init__(self, eng: Any, capacity: int = 1024, *, bucketed: bool | None = None):
+        """bucketed: pad small steps to bucket sizes and read the whole capacity, as graphs must (default: on
+        CUDA, where the buckets are replayed as CUDA graphs). On CPU it runs the graph computation eagerly."""
+        self.e = eng
+        self.graphs_on = eng.device.type == "cuda"
+        self.bucketed = self.graphs_on if bucketed is None else bucketed
+        self.headroom = BUCKETS[-1] if self.bucketed else 0  # padding rows of the largest bucket
+        cfg = eng.model.config.get_text_config() if hasattr(eng.model.config, "get_text_config") else eng.model.config
+        self.layers = [_SlotLayer(self) for _ in range(cfg.num_hidden_layers)]
+        self.cache = Cache(layers=self.layers)
+        self.capacity = 0
+        self.n = 0
+        self.write = torch.empty(0, dtype=torch.long, device=eng.device)  # slots the current forward writes
+        self.span = 0  # key slots the current forward reads
+        self.graphs: dict[int, _Graph] = {}
+        self.pool: Any = None
+        self._tables = torch.zeros(4, 0, dtype=torch.long, device=eng.device)  # pos, grp, br, slot index
+        self._grow(capacity)
+
+    # ------------------------------------------------------------------ tables
+
+    @property
+    def length(self) -> int:
+        return self.n
+
+    @property
+    def pos(self) -> torch.Tensor:
+        return self._tables[0, : self.n]
+
+    @property
+    def grp(self) -> torch.Tensor:
+        return self._tables[1, : self.n]
+
+    @property
+    def br(self) -> torch.Tensor:
+        return self._tables[2, : self.n]
+
+    def reset(self) -> None:
+        """Start a new run: every slot is free again (stale contents are invisible until overwritten)."""
+        self.n = 0
+
+    def reserve(self, tokens: int) -> None:
+        need = self.n + tokens + self.headroom
+        if need > self.capacity:
+            self._grow(max(2 * self.capacity, -(-need // 256) * 256))
+
+    def _grow(self, capacity: int) -> None:
+        old = self._tables
+        self._tables = torch.zeros(4, capacity, dtype=torch.long, device=self.e.device)
+        self._tables[:, : old.shape[1]] = old
+        self._tables[3] = torch.arange(capacity, device=self.e.device)
+        for layer in self.layers:
+            layer.grow(capacity, self.capacity)
+        self.capacity = capacity
+        self.graphs.clear()  # captured graphs point at the old buffers
+        self.pool = None
+
+    # ------------------------------------------------------------------ steps
+
+    def _step(self, inputs: torch.Tensor, span: int) -> torch.Tensor:
+        """inputs [5, k]: ids, pos, grp, br, slot. Writes the tables and the cache at `slot`; reads `span` slots."""
+        e = self.e
+        ids, pos, grp, br, slot = inputs
+        self._tables[:3].index_copy_(1, slot, inputs[1:4])
+        k_pos, k_grp, k_br, k_order = self._tables[:, :span]
+        mask = model_mask(
+            e.windows,
+            lambda w: visibility(grp, br, slot, k_grp, k_br, k_order, e.mask_mode, q_pos=pos, k_pos=k_pos,
+                                 window=w),
+            e.mask_dtype,
+        )
+        self.write, self.span = slot, span
+        out = e.model(input_ids=ids[None], position_ids=pos[None], attention_mask=mask, past_key_values=self.cache,
+                      use_cache=True)
+        return out.logits[0]
+
+    def _inputs(self, ids: list[int], pos: list[int], grp: list[int], br: list[int], rows: int) -> torch.Tensor:
+        """Host tensor [5, rows]: the real tokens, then padding rows (token 0 at position 0, main stream)."""
+        k = len(ids)
+        pad = rows - k
+        return torch.tensor([ids + [0] * pad, pos + [0] * pad, grp + [MAIN] * pad, br + [MAIN] * pad,
+                             list(range(self.n, self.n + rows))], dtype=torch.long)
+
+    def feed(self, ids: list[int], pos: list[int], grp: list[int], br: list[int]) -> torch.Tensor:
+        k = len(ids)
+        self.reserve(k)
+        if self.bucketed and k <= BUCKETS[-1]:
+            size = next(b for b in BUCKETS if b >= k)
+            padded = self._inputs(ids, pos, grp, br, size)
+            g = (self.graphs.get(size) or self._capture(size)) if self.graphs_on else None
+            if g is not None:
+                g.inputs.copy_(padded.pin_memory(), non_blocking=True)
+                g.graph.replay()
+                logits = g.logits[:k].clone()  # the graph overwrites its output at the next replay
+            else:
+                logits = self._step(padded.to(self.e.device), self.capacity)[:k]
+            self.n += k
+            return logits
+        inputs = self._inputs(ids, pos, grp, br, k).to(self.e.device)
+        logits = self._step(inputs, self.n + k)
+        self.n += k
+        return logits
+
+    def _capture(self, size: int) -> _Graph | None:
+        """Warm up and capture one bucket; None (and graphs off for this engine) if the model cannot be captured."""
+        try:
+            return self._try_capture(size)
+        except Exception as err:  # a model with host syncs or dynamic control flow in its forward
+            warnings.warn(f"CUDA graph capture failed ({type(err).__name__}: {err}); the fast engine goes on "
+                          "without graphs", RuntimeWarning, stacklevel=3)
+            self.graphs_on = False
+            self.graphs.clear()
+            return None
+
+    def _try_capture(self, size: int) -> _Graph:
+        # Warm-up runs write padding-like rows at free slots: harmless, as every padding row is.
+        inputs = self._inputs([], [], [], [], size).to(self.e.device)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._step(inputs, self.capacity)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            logits = self._step(inputs, self.capacity)
+        self.pool = graph.pool()
+        self.graphs[size] = _Graph(graph, inputs, logits)
+        return self.graphs[size]

@@ -1,0 +1,105 @@
+"""The fast engine (preallocated cache, bucketed steps, batched sampling) against the eager reference, on CPU.
+
+`bucketed=True` runs on CPU exactly what the CUDA graphs replay: steps padded to bucket sizes, keys read over the
+whole capacity. A small capacity makes the cache grow mid-answer. scripts/gpu/check_fast.py runs the same
+comparisons on the real models with the graphs themselves.
+"""
+
+import pytest
+import torch
+
+from aspd.engine import HybridEngine, Limits, SamplingParams
+from aspd.engine.kv import StaticKV
+from aspd.testing import ARCHS, tiny_model, tiny_tokenizer
+from aspd.tokens import add_control_tokens, text_ids
+
+PROMPT = "Give three tips for staying healthy."
+
+
+def engines(arch: str, **kw):
+    tok = tiny_tokenizer()
+    model = tiny_model(arch, len(tok))
+    ctrl = add_control_tokens(tok, model)
+    eager = HybridEngine(model, tok, engine="eager", **kw)
+    fast = HybridEngine(model, tok, engine="fast", **kw)
+    padded = HybridEngine(model, tok, engine="fast", **kw)
+    padded._static = StaticKV(padded, capacity=48, bucketed=True)  # grows twice in a 40-token answer
+    return ctrl, tok, eager, fast, padded
+
+
+def forced(tok, ctrl, titles=("Diet", "Sleep", "Work")) -> list[int]:
+    out = []
+    for t in titles:
+        out += [ctrl.title, *text_ids(tok, t), ctrl.title_end]
+    return [*out, ctrl.para]
+
+
+def same(a, b) -> None:
+    assert a.answer_ids == b.answer_ids
+    assert a.slots == b.slots
+    assert (torch.stack(a.logits) - torch.stack(b.logits)).abs().max().item() < 1e-4
+    assert a.stats.as_dict()["parallel_tokens"] == b.stats.as_dict()["parallel_tokens"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fast_equals_eager_serial_greedy(arch):
+    _, _, eager, fast, padded = engines(arch)
+    lim = Limits(max_new_tokens=40)
+    ref = eager.generate(PROMPT, mode="serial", limits=lim, record=True)
+    for eng in (fast, padded):
+        same(ref, eng.generate(PROMPT, mode="serial", limits=lim, record=True))
+    assert padded._static.capacity > 48  # it grew
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("mask_mode,pos_mode", [("indep", "same-seq"), ("shared", "same-re"), ("indep", "predict")])
+def test_fast_equals_eager_hybrid_greedy(arch, mask_mode, pos_mode):
+    ctrl, tok, eager, fast, padded = engines(arch, mask_mode=mask_mode, pos_mode=pos_mode)
+    lim = Limits(max_new_tokens=50, max_branch_tokens=9)
+    ref = eager.generate(PROMPT, answer_prefix=forced(tok, ctrl), limits=lim, record=True)
+    assert ref.stats.branches == [3]
+    for eng in (fast, padded):
+        same(ref, eng.generate(PROMPT, answer_prefix=forced(tok, ctrl), limits=lim, record=True))
+
+
+def test_repetition_penalty_history_is_tracked_the_same_way():
+    """Greedy with a strong penalty: every stream's seen-set decides the tokens, branches included."""
+    ctrl, tok, eager, fast, padded = engines("qwen2")
+    sp = SamplingParams(repetition_penalty=1.8)
+    lim = Limits(max_new_tokens=60, max_branch_tokens=12)
+    ref = eager.generate(PROMPT, answer_prefix=forced(tok, ctrl), sampling=sp, limits=lim, record=True)
+    plain = eager.generate(PROMPT, answer_prefix=forced(tok, ctrl), limits=lim)
+    assert ref.answer_ids != plain.answer_ids  # the penalty matters here
+    for eng in (fast, padded):
+        same(ref, eng.generate(PROMPT, answer_prefix=forced(tok, ctrl), sampling=sp, limits=lim, record=True))
+
+
+def test_fast_engine_reuses_its_cache_across_answers():
+    ctrl, tok, eager, fast, _ = engines("llama")
+    lim = Limits(max_new_tokens=30, max_branch_tokens=8)
+    prompts = ["Give tips.", "Python, Rust and Go are programming languages. Compare them in detail please."]
+    for p in prompts * 2:
+        a = eager.generate(p, answer_prefix=forced(tok, ctrl, ("Speed", "Safety")), limits=lim)
+        b = fast.generate(p, answer_prefix=forced(tok, ctrl, ("Speed", "Safety")), limits=lim)
+        assert a.answer_ids == b.answer_ids
+    assert fast._static is not None and fast._static.length > 0
+
+
+def test_fast_sampling_is_reproducible_per_seed_and_respects_limits():
+    ctrl, tok, _, fast, _ = engines("gemma3")
+    sp = SamplingParams(temperature=0.9, top_k=20, top_p=0.9, repetition_penalty=1.1, seed=5)
+    lim = Limits(max_new_tokens=45, max_branch_tokens=7)
+    a = fast.generate(PROMPT, answer_prefix=forced(tok, ctrl), sampling=sp, limits=lim)
+    b = fast.generate(PROMPT, answer_prefix=forced(tok, ctrl), sampling=sp, limits=lim)
+    c = fast.generate(PROMPT, answer_prefix=forced(tok, ctrl), sampling=SamplingParams(temperature=0.9, seed=6),
+                      limits=lim)
+    assert a.answer_ids == b.answer_ids and a.answer_ids != c.answer_ids
+    assert a.stats.tokens <= 45 and a.stats.branches == [3]
+
+
+def test_unknown_engine_is_refused():
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", len(tok))
+    add_control_tokens(tok, model)
+    with pytest.raises(ValueError, match="engine must be one of"):
+        HybridEngine(model, tok, engine="turbo")
