@@ -118,6 +118,22 @@ def test_model_specs():
     with pytest.raises(ValueError, match="twice"):
         parse_specs(["a"], ["a"])
     assert rotated([1, 2, 3], 4) == [2, 3, 1]
+    s = parse_spec("/m/x:hybrid@shared/same-max")
+    assert (s.name, s.mode, s.mask_mode, s.pos_mode, s.key) == ("/m/x", "hybrid", "shared", "same-max",
+                                                                "/m/x@shared/same-max")
+    assert parse_spec("/m/x").key == "/m/x" and parse_spec("me@host").name == "me@host"  # no '/': part of the name
+    with pytest.raises(ValueError, match="MASK/POS"):
+        parse_spec("m@indep/nowhere")
+
+
+def test_mode_variants_share_the_weights(models):
+    a, _ = models
+    specs = parse_specs([f"{a}@shared/same-re", f"{a}@indep/predict"], [f"{a}:serial"])
+    engines = load_engines(specs, device="cpu")
+    variant, other, base = (engines[s.key] for s in specs)
+    assert variant.model is base.model and other.model is base.model
+    assert (variant.mask_mode.value, variant.pos_mode.value) == ("shared", "same-re")
+    assert (other.mask_mode.value, other.pos_mode.value, base.pos_mode.value) == ("indep", "predict", "same-seq")
 
 
 # ------------------------------------------------------------------------------------------ speed
@@ -264,6 +280,23 @@ def test_cli_end_to_end(models, qfile, tmp_path, capsys):
     nll = json.loads((tmp_path / "nll.json").read_text())
     assert nll["summary"][a]["nll_mean"] == pytest.approx(overall[a]["nll_mean"])
     assert "NLL mean" in capsys.readouterr().out
+
+
+def test_cli_ablation_runs_every_mode_against_serial(models, qfile, tmp_path, capsys):
+    a, _ = models
+    out = tmp_path / "abl"
+    argv = ["bench", "ablation", "--model", a, "--modes", "indep/same-seq,shared/same-re", "--bench", qfile,
+            "--limit", "1", "--out", str(out), "--device", "cpu", "--max-new-tokens", "30",
+            "--max-branch-tokens", "5", "--answer-prefix", PREFIX]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    got = [(m["label"], m["mode"], m["mask_mode"], m["pos_mode"]) for m in res["config"]["models"]]
+    assert got == [(f"{a}@indep/same-seq", "hybrid", "indep", "same-seq"),
+                   (f"{a}@shared/same-re", "hybrid", "shared", "same-re"), (f"{a}:serial", "serial", "indep", "same-seq")]
+    assert len(res["rows"]) == 3 and {r["label"] for r in res["rows"] if r["groups"]} == {g[0] for g in got[:2]}
+    assert "speedup (median)" in capsys.readouterr().out
+    assert main([*argv[:4], "--modes", "indep/sideways", *argv[6:]]) == 2
+    assert "MASK/POS" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -41,23 +41,8 @@ def _add_device(p: argparse.ArgumentParser, dtype_default: str = "auto") -> None
                                                         else ""))
 
 
-def register(sub: Any) -> None:
-    """Add `bench` (with `speed`, `nll`, `quality` and `exact`) to the top-level `aspd` parser."""
-    from aspd.engine.cli import _one_line_error
-
-    bench = sub.add_parser("bench", help="speed (TPS, DP, speedup), NLL, judge quality and exact-match benchmarks",
-                           description="Benchmarks on MT-Bench-style question sets.")
-    bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
-
-    p = bsub.add_parser(
-        "speed", help="answer a question set with several models, interleaved, and compare speed",
-        description="Every model answers every question in one process on one device: one warm-up each, then "
-                    "questions interleaved with the model order rotating per question, the same sampling and "
-                    "seed for all. Reports TPS, P-TPS, DP, ABN, PPD, latency and speedups against baselines.")
-    p.add_argument("--model", action="append", required=True, metavar="SPEC",
-                   help="model under test, NAME_OR_PATH[:hybrid|serial] (default mode hybrid); repeatable")
-    p.add_argument("--baseline", action="append", default=[], metavar="SPEC",
-                   help="baseline, NAME_OR_PATH[:hybrid|serial] (default mode serial); repeatable")
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """What `bench speed` and `bench ablation` share: the question set, device, sampling and limits."""
     p.add_argument("--bench", required=True, metavar="vicuna|mt|rag|FILE",
                    help="question set: a name from the bench directory or any JSONL of the same shape")
     p.add_argument("--bench-dir", default=None, metavar="DIR",
@@ -79,7 +64,42 @@ def register(sub: Any) -> None:
     p.add_argument("--answer-prefix", default=None, metavar="TEXT",
                    help="advanced, for demos/tests: force the start of every hybrid answer (control tokens "
                         "written literally); the report flags it")
+
+
+def register(sub: Any) -> None:
+    """Add `bench` (with `speed`, `nll`, `quality` and `exact`) to the top-level `aspd` parser."""
+    from aspd.engine.cli import _one_line_error
+
+    bench = sub.add_parser("bench", help="speed (TPS, DP, speedup), NLL, judge quality and exact-match benchmarks",
+                           description="Benchmarks on MT-Bench-style question sets.")
+    bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+
+    p = bsub.add_parser(
+        "speed", help="answer a question set with several models, interleaved, and compare speed",
+        description="Every model answers every question in one process on one device: one warm-up each, then "
+                    "questions interleaved with the model order rotating per question, the same sampling and "
+                    "seed for all. Reports TPS, P-TPS, DP, ABN, PPD, latency and speedups against baselines.")
+    p.add_argument("--model", action="append", required=True, metavar="SPEC",
+                   help="model under test, NAME_OR_PATH[:hybrid|serial][@MASK/POS] (default mode hybrid, modes "
+                        "the model's own); repeatable")
+    p.add_argument("--baseline", action="append", default=[], metavar="SPEC",
+                   help="baseline, NAME_OR_PATH[:hybrid|serial][@MASK/POS] (default mode serial); repeatable")
+    _add_run_args(p)
     p.set_defaults(func=_cmd_speed)
+    _one_line_error(p)
+
+    p = bsub.add_parser(
+        "ablation", help="one model under every mask and position mode of the paper's Table 4, against serial",
+        description="Runs `bench speed` on one model decoded with each mask mode (indep, shared) and position "
+                    "mode (same-seq, same-max, same-re, predict), plus the model decoding serially as the "
+                    "baseline. Add --nll-model for a judge-free score, then `aspd bench quality` for a judge's. "
+                    "This ablates decoding only; for training-time ablations train each variant "
+                    "(`aspd train --mask-mode/--pos-mode`) and compare them with `bench speed`.")
+    p.add_argument("--model", required=True, metavar="NAME_OR_PATH", help="the ASPD model")
+    p.add_argument("--modes", default=None, metavar="MASK/POS,...",
+                   help="only these pairs, e.g. indep/same-seq,shared/same-max (default: all eight)")
+    _add_run_args(p)
+    p.set_defaults(func=_cmd_ablation)
     _one_line_error(p)
 
     p = bsub.add_parser(
@@ -176,6 +196,15 @@ def _progress(total: int) -> Any:
     return show
 
 
+def _cmd_ablation(args: argparse.Namespace) -> int:
+    from aspd.layout import MaskMode, PosMode
+
+    pairs = ([m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else
+             [f"{m.value}/{p.value}" for m in MaskMode for p in PosMode])
+    args.model, args.baseline = [f"{args.model}@{pair}" for pair in pairs], [f"{args.model}:serial"]
+    return _cmd_speed(args)
+
+
 def _cmd_speed(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
@@ -209,7 +238,7 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     except Exception as e:  # one line for the user; the library raises as usual
         raise CLIError(f"cannot load a model: {_err(e)}") from None
     for s in specs:
-        if s.mode == "hybrid" and not engines[s.name].is_aspd_model:
+        if s.mode == "hybrid" and not engines[s.key].is_aspd_model:
             print(f"aspd: note: {s.name} is not an ASPD model (no control tokens); it will answer serially",
                   file=sys.stderr)
     total = sum(len(q.turns) for q in questions) * len(specs)
@@ -228,8 +257,8 @@ def _cmd_speed(args: argparse.Namespace) -> int:
         "config": {
             "command": command_line(getattr(args, "argv", None)), "bench": bench_name, "bench_file": str(bench_file),
             "questions": len(questions), "limit": args.limit, "categories": args.category,
-            "models": [{**asdict(s), "is_aspd_model": engines[s.name].is_aspd_model,
-                        "mask_mode": engines[s.name].mask_mode.value, "pos_mode": engines[s.name].pos_mode.value}
+            "models": [{**asdict(s), "is_aspd_model": engines[s.key].is_aspd_model,
+                        "mask_mode": engines[s.key].mask_mode.value, "pos_mode": engines[s.key].pos_mode.value}
                        for s in specs],
             "device": device, "dtype": args.dtype, "attn": args.attn, "engine": args.engine, "sampling": asdict(sampling),
             "seed_rule": "question i uses sampling.seed + i", "limits": asdict(limits), "warmup": args.warmup,

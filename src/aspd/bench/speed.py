@@ -28,26 +28,46 @@ Row = dict[str, Any]
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One benchmarked configuration: `NAME_OR_PATH[:mode]`; the spec string as given is its label."""
+    """One benchmarked configuration: `NAME_OR_PATH[:mode][@MASK/POS]`; the spec string as given is its label.
+
+    `@MASK/POS` decodes with other mask and position modes than the model's own (the Table 4 ablations).
+    """
 
     label: str
     name: str
     mode: str
     role: str  # "model" (under test) | "baseline"
+    mask_mode: str | None = None
+    pos_mode: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Which engine runs it: one per model and mode pair (the weights are loaded once per model)."""
+        return self.name if self.mask_mode is None else f"{self.name}@{self.mask_mode}/{self.pos_mode}"
 
 
 def parse_spec(spec: str, role: str = "model") -> ModelSpec:
-    """`NAME_OR_PATH[:hybrid|serial]`. Models default to hybrid, baselines to serial."""
+    """`NAME_OR_PATH[:hybrid|serial][@MASK/POS]`. Models default to hybrid, baselines to serial."""
+    from aspd.layout import MaskMode, PosMode
+
     if role not in ("model", "baseline"):
         raise ValueError(f"role must be 'model' or 'baseline', not {role!r}")
-    spec = spec.strip()
+    label = spec = spec.strip()
+    mask = pos = None
+    head, at, modes = spec.rpartition("@")
+    if at and "/" in modes:
+        mask, _, pos = modes.partition("/")
+        if mask not in {m.value for m in MaskMode} or pos not in {m.value for m in PosMode}:
+            raise ValueError(f"model spec {label!r}: modes must be MASK/POS with MASK in "
+                             f"{', '.join(m.value for m in MaskMode)} and POS in {', '.join(m.value for m in PosMode)}")
+        spec = head
     name, sep, mode = spec.rpartition(":")
     if not sep or mode not in MODES:
         # No mode suffix (a colon elsewhere is part of the name or path).
         name, mode = spec, "hybrid" if role == "model" else "serial"
     if not name:
-        raise ValueError(f"model spec {spec!r} has no model name")
-    return ModelSpec(spec, name, mode, role)
+        raise ValueError(f"model spec {label!r} has no model name")
+    return ModelSpec(label, name, mode, role, mask, pos)
 
 
 def parse_specs(models: Sequence[str], baselines: Sequence[str] = ()) -> list[ModelSpec]:
@@ -68,12 +88,19 @@ def sync(device: torch.device | str) -> None:
 
 def load_engines(specs: Sequence[ModelSpec], *, device: str | None = None, dtype: str = "auto",
                  attn: str = "sdpa", engine: str = "auto") -> dict[str, HybridEngine]:
-    """One engine per distinct model name (a model run as hybrid and as serial shares its weights)."""
+    """One engine per spec key; the weights are loaded once per model name and shared by its mode variants."""
     engines: dict[str, HybridEngine] = {}
     for s in specs:
         if s.name not in engines:
             engines[s.name] = HybridEngine.from_pretrained(s.name, device=device, dtype=dtype, attn=attn,
                                                            engine=engine)
+    for s in specs:
+        if s.key not in engines:
+            base = engines[s.name]
+            variant = HybridEngine(base.model, base.tokenizer, mask_mode=s.mask_mode, pos_mode=s.pos_mode,
+                                   engine=engine)
+            variant.is_aspd_model = base.is_aspd_model
+            engines[s.key] = variant
     return engines
 
 
@@ -145,14 +172,14 @@ def run_speed(
     limits = limits or Limits()
     questions = list(questions)
     specs = list(specs)
-    prefixes = {s.label: (answer_prefix_ids(engines[s.name], answer_prefix) if answer_prefix and s.mode == "hybrid"
+    prefixes = {s.label: (answer_prefix_ids(engines[s.key], answer_prefix) if answer_prefix and s.mode == "hybrid"
                           else []) for s in specs}
     warm: list[Row] = []
     if questions and warmup > 0:
         # Short answers suffice to compile kernels and size the allocator; they are not measured.
         wl = replace(limits, max_new_tokens=min(limits.max_new_tokens, 32))
         for s in specs:
-            eng = engines[s.name]
+            eng = engines[s.key]
             ids = eng.prompt_ids([{"role": "user", "content": questions[0].turns[0]}])
             for _ in range(warmup):
                 gen, sec = timed_generate(eng, ids, s.mode, sampling, wl, prefixes[s.label])
@@ -164,7 +191,7 @@ def run_speed(
         history: dict[str, list[dict[str, str]]] = {s.label: [] for s in order}
         for turn, user in enumerate(q.turns, 1):
             for pos, s in enumerate(order):
-                eng = engines[s.name]
+                eng = engines[s.key]
                 messages = [*history[s.label], {"role": "user", "content": user}]
                 ids = eng.prompt_ids(messages)
                 gen, sec = timed_generate(eng, ids, s.mode, sp, limits, prefixes[s.label])
