@@ -24,7 +24,7 @@ from typing import Any
 from aspd.cli import CLIError
 from aspd.engine.cli import (
     DTYPES,
-    ENGINE_HELP,
+    add_engine_arg,
     add_limit_args,
     add_sampling_args,
     limits_from_args,
@@ -54,7 +54,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="output directory for results.json and results.md (default: runs/bench/<bench>-<time>)")
     _add_device(p)
     p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"), help="attention backend (default sdpa)")
-    p.add_argument("--engine", default="auto", choices=("auto", "fast", "eager"), help=ENGINE_HELP)
+    add_engine_arg(p)
     p.add_argument("--warmup", type=int, default=1, metavar="N", help="warm-up generations per model (default 1)")
     p.add_argument("--nll-model", default=None, metavar="NAME",
                    help="also score every answer's per-token NLL under this reference model (e.g. the original)")

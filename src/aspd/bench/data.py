@@ -103,14 +103,18 @@ def parse_questions(lines: Sequence[str], source: str = "<questions>") -> list[Q
     return out
 
 
+def read_lines(path: Path, what: str) -> list[str]:
+    """The lines of a text file; one that cannot be read raises BenchDataError naming `what` and the path."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BenchDataError(f"cannot read {what} {path}: {e}") from None
+
+
 def load_questions(path: str | Path, *, limit: int | None = None, categories: Sequence[str] = ()) -> list[Question]:
     """Read a question file; `categories` keeps only those, then `limit` keeps the first N."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise BenchDataError(f"cannot read {p}: {e}") from None
-    qs = parse_questions(text.splitlines(), str(p))
+    qs = parse_questions(read_lines(p, "questions"), str(p))
     if categories:
         qs = [q for q in qs if q.category in categories]
         if not qs:

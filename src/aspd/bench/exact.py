@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aspd.bench.data import BenchDataError
+from aspd.bench.data import BenchDataError, read_lines
 
 _NUM = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?|-?\.\d+")
 TOLERANCE = 1e-6
@@ -41,10 +41,7 @@ def gold_number(answer: str) -> float | None:
 def load_gold(path: str | Path) -> dict[str, float]:
     """question id -> gold number; raises BenchDataError naming the file and line of any bad record."""
     p = Path(path)
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise BenchDataError(f"cannot read gold file {p}: {e}") from None
+    lines = read_lines(p, "gold file")
     out: dict[str, float] = {}
     for n, line in enumerate(lines, 1):
         if not line.strip():

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aspd.bench.data import BenchDataError
+from aspd.bench.data import BenchDataError, read_lines
 
 REF_CATEGORIES = frozenset({"math", "reasoning", "coding"})  # MT-Bench's NEED_REF_CATS (minus arena-hard)
 PROMPT_NAMES = ("single-v1", "single-math-v1", "single-v1-multi-turn", "single-math-v1-multi-turn")
@@ -75,10 +75,7 @@ def load_judge_prompts(path: str | Path) -> dict[str, JudgePrompt]:
     """The single-answer prompts in a FastChat judge_prompts.jsonl, by name (all four must be there)."""
     p = Path(path)
     out: dict[str, JudgePrompt] = {}
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise BenchDataError(f"cannot read judge prompts {p}: {e}") from None
+    lines = read_lines(p, "judge prompts")
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -98,10 +95,7 @@ def load_references(path: str | Path) -> dict[str, list[str]]:
     """question id (as a string) -> reference turns, from a FastChat reference_answer/*.jsonl."""
     p = Path(path)
     out: dict[str, list[str]] = {}
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise BenchDataError(f"cannot read reference answers {p}: {e}") from None
+    lines = read_lines(p, "reference answers")
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue

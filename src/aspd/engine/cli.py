@@ -21,8 +21,6 @@ DEFAULT_MODEL = "aspd-smollm2-135m"
 
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 MODES = ("hybrid", "serial")
-ENGINE_HELP = ("fast: preallocated cache, CUDA graphs on a GPU, one batched draw per step; eager: the reference "
-               "path (default auto = fast)")
 
 
 # ------------------------------------------------------------------------------------------ parser
@@ -48,8 +46,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     m.add_argument("--dtype", default="auto", choices=DTYPES, help="default: bf16 on a capable GPU, else fp32")
     m.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"),
                    help="attention backend; it must take the 4D branch mask (default: sdpa)")
-    m.add_argument("--engine", default="auto", choices=("auto", "fast", "eager"),
-                   help=ENGINE_HELP)
+    add_engine_arg(m)
     m.add_argument("--mode", default="hybrid", choices=MODES,
                    help="hybrid: decode parallel groups in parallel; serial: never open a group")
     m.add_argument("--mask-mode", default=None, choices=[x.value for x in MaskMode],
@@ -70,6 +67,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     o.add_argument("--answer-prefix", default=None, metavar="TEXT",
                    help="advanced: force the start of the answer; control tokens such as <|title|> may be "
                         "written literally (for demos and tests)")
+
+
+def add_engine_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The --engine flag of generate, chat, serve and bench."""
+    p.add_argument("--engine", default="auto", choices=("auto", "fast", "eager"),
+                   help="fast: preallocated cache, CUDA graphs on a GPU, one batched draw per step; eager: the "
+                        "reference path (default auto = fast)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, title: str = "sampling (default: greedy)",

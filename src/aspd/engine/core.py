@@ -17,15 +17,12 @@ import torch
 
 from aspd.attention import layer_windows, mask_dtype
 from aspd.engine.kv import DynamicKV, StaticKV, resolve_engine
-from aspd.engine.sampling import BatchSampler, SamplingParams, StreamSampler
+from aspd.engine.sampling import MAIN_STREAM, BatchSampler, SamplingParams, Stream, StreamSampler
 from aspd.engine.text import Detokenizer
 from aspd.layout import MAIN, MaskMode, PositionPlanner, PosMode
 from aspd.markup import Branch, Document, Group, Serial, flatten
 from aspd.sample import Message, end_of_turn_ids, prompt_ids
 from aspd.tokens import DEFAULT_TOKENS, ControlIds, add_control_tokens, branch_prefix_ids
-
-Stream = tuple[int, int]  # (MAIN, MAIN) or (group, branch)
-MAIN_STREAM: Stream = (MAIN, MAIN)
 
 
 @dataclass(frozen=True)
@@ -145,7 +142,7 @@ class HybridEngine:
         self.windows = layer_windows(model.config)
         self.mask_dtype = mask_dtype(model)
         self.device = next(model.parameters()).device
-        self.engine = resolve_engine(engine, self.device)
+        self.engine = resolve_engine(engine)
         self._static: StaticKV | None = None
         self._lock = threading.Lock()
         self.eot = set(end_of_turn_ids(tokenizer))

@@ -27,7 +27,7 @@ BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 ENGINES = ("eager", "fast")
 
 
-def resolve_engine(engine: str, device: torch.device) -> str:
+def resolve_engine(engine: str) -> str:
     """`auto` is the fast engine: graphs on CUDA, the same static cache without graphs elsewhere."""
     if engine == "auto":
         return "fast"

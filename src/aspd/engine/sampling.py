@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from aspd.layout import MAIN
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -86,7 +88,8 @@ def sample(
     return (pick if order is None else order.gather(-1, pick)).squeeze(-1)
 
 
-Stream = tuple[int, int]
+Stream = tuple[int, int]  # (MAIN, MAIN) or (group, branch)
+MAIN_STREAM: Stream = (MAIN, MAIN)
 
 
 class StreamSampler:
@@ -121,8 +124,8 @@ class BatchSampler:
     at the end is the one host sync the engine's control flow needs.
     """
 
-    def __init__(self, params: SamplingParams, vocab: int, device: torch.device, main: Stream = (-1, -1)):
-        self.sp, self.vocab, self.device, self.main = params, vocab, device, main
+    def __init__(self, params: SamplingParams, vocab: int, device: torch.device):
+        self.sp, self.vocab, self.device, self.main = params, vocab, device, MAIN_STREAM
         self.gen: torch.Generator | None = None
         if not params.greedy:
             self.gen = torch.Generator(device=device)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aspd.cli import CLIError
-from aspd.engine.cli import DTYPES, ENGINE_HELP
+from aspd.engine.cli import DTYPES, add_engine_arg
 
 
 def register(sub: Any) -> None:
@@ -32,7 +32,7 @@ def register(sub: Any) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="default: bf16 on a capable GPU, else fp32")
     p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"), help="attention backend (default sdpa)")
-    p.add_argument("--engine", default="auto", choices=("auto", "fast", "eager"), help=ENGINE_HELP)
+    add_engine_arg(p)
     p.add_argument("--mask-mode", default=None, choices=[x.value for x in MaskMode],
                    help="branch visibility (default: from the model's aspd.json)")
     p.add_argument("--pos-mode", default=None, choices=[x.value for x in PosMode],
