@@ -59,22 +59,27 @@ def branch_prefix_ids(tokenizer: Any, ctrl: ControlIds, title: str) -> list[int]
 
 
 def add_control_tokens(tokenizer: Any, model: Any | None = None, names: SpecialTokens = DEFAULT_TOKENS) -> ControlIds:
-    """Add the six tokens to a tokenizer and, if given, grow the model's embeddings to match.
+    """Add the six tokens to a tokenizer and, if given, grow the model's embeddings to match. Idempotent."""
+    add_special_tokens(tokenizer, model, names.all())
+    return ControlIds.from_tokenizer(tokenizer, names)
+
+
+def add_special_tokens(tokenizer: Any, model: Any | None, names: tuple[str, ...]) -> list[int]:
+    """Add special tokens to a tokenizer and, if given, give the model rows for them; returns their ids.
 
     New rows (input embeddings, and the output head when it is not tied) start at the mean of the existing
     rows: the model then neither favours nor ignores the new tokens before fine-tuning. Idempotent.
     """
-    missing = [t for t in names.all() if t not in tokenizer.get_vocab()]
+    missing = [t for t in names if t not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
-    ctrl = ControlIds.from_tokenizer(tokenizer, names)
+    new = [int(tokenizer.convert_tokens_to_ids(t)) for t in names]
     if model is None:
-        return ctrl
+        return new
     emb = model.get_input_embeddings()
     old_rows = emb.weight.shape[0]
     if len(tokenizer) > old_rows:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    new = [i for i in ctrl.all()]
     if missing or len(tokenizer) > old_rows:
         import torch
 
@@ -87,4 +92,4 @@ def add_control_tokens(tokenizer: Any, model: Any | None = None, names: SpecialT
                 out.weight[new] = out.weight[:known].mean(0, keepdim=True).to(out.weight.dtype)
                 if getattr(out, "bias", None) is not None:
                     out.bias[new] = out.bias[:known].mean()
-    return ctrl
+    return new
