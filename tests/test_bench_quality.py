@@ -256,6 +256,13 @@ def test_quality_end_to_end(tmp_path: Path, bench_dir: Path, judge: FakeJudge, c
                                                              "HTTP500": 3}
     assert json.loads((tmp_path / "q2.json").read_text())["summary"] == s
 
+    # --limit 1 grades the answers to the first question only, every model and turn of it.
+    assert main([*argv[:-1], "--out", str(tmp_path / "q3.json"), "--limit", "1"]) == 0
+    limited = json.loads((tmp_path / "q3.json").read_text())
+    assert [(r["id"], r["turn"], r["label"]) for r in limited["rows"]] == [("81", 1, "aspd"), ("81", 2, "aspd"),
+                                                                         ("81", 1, "seq")]
+    assert limited["config"]["limit"] == 1
+
 
 def test_quality_bad_inputs(tmp_path: Path, bench_dir: Path, capsys: pytest.CaptureFixture) -> None:
     bad = tmp_path / "bad.json"

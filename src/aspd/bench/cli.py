@@ -142,6 +142,8 @@ def register(sub: Any) -> None:
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="on-disk judge reply cache (default: none)")
     p.add_argument("--max-tokens", type=int, default=2048, metavar="N", help="judge reply limit (default 2048)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first judge call; retry i uses seed + i")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="grade only the answers to the first N questions of the run (every model, every turn)")
     p.add_argument("--update", action="store_true",
                    help="also write judge_score/judge_error into the rows of --answers and the summary into it")
     p.set_defaults(func=_cmd_quality)
@@ -328,9 +330,14 @@ def _cmd_quality(args: argparse.Namespace) -> int:
         raise CLIError(f"--timeout must be > 0, not {args.timeout}")
     if args.backoff < 0:
         raise CLIError(f"--backoff must be >= 0, not {args.backoff}")
+    if args.limit is not None and args.limit < 1:
+        raise CLIError(f"--limit must be >= 1, not {args.limit}")
     path = Path(args.answers)
     results = _load_answers(path)
     rows = results["rows"]
+    if args.limit is not None:
+        keep = set(list(dict.fromkeys(str(r.get("id")) for r in rows))[: args.limit])
+        rows = [r for r in rows if str(r.get("id")) in keep]
     try:
         bench_dir = find_bench_dir(args.bench_dir)
         prompts = load_judge_prompts(bench_dir / "judge_prompts.jsonl")
@@ -357,7 +364,7 @@ def _cmd_quality(args: argparse.Namespace) -> int:
     summary = quality_summary(graded)
     config = {"command": command_line(getattr(args, "argv", None)), "answers": str(path),
               "judge_url": args.judge_url, "judge_model": args.judge_model, "temperature": 0.0,
-              "max_tokens": args.max_tokens, "seed": args.seed, "retries": args.retries,
+              "max_tokens": args.max_tokens, "seed": args.seed, "retries": args.retries, "limit": args.limit,
               "judge_prompts": str(bench_dir / "judge_prompts.jsonl"),
               "reference": str(ref_file) if ref_file else None}
     out = Path(args.out) if args.out else path.with_name("quality.json")
