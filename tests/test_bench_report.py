@@ -27,13 +27,14 @@ def test_report_merges_runs_with_nll_axis(tmp_path, capsys):
 def test_judge_scores_take_the_quality_axis(tmp_path):
     results = json.loads(RUNS[0].read_text())
     pair = points(results)[0]
-    results["quality"] = {"summary": {pair["model"]: {"mean": 7.25}, pair["baseline"]: {"mean": 6.5}}}
+    results["quality"] = {"summary": {pair["model"]: {"mean": 7.25, "scored": 70, "failed": 10},
+                                       pair["baseline"]: {"mean": 6.5, "scored": 80, "failed": 0}}}
     path = tmp_path / "results.json"
     path.write_text(json.dumps(results))
     got = points(results)[0]
     assert (got["judge"], got["baseline_judge"]) == (7.25, 6.5)
     md, _ = report([path], tmp_path / "out")
-    assert "7.25 (6.50)" in md.read_text()
+    assert "| 7.25 (6.50) | 70 (10) |" in md.read_text()
 
 
 def test_report_refuses_other_json(tmp_path):

@@ -142,6 +142,9 @@ def register(sub: Any) -> None:
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="on-disk judge reply cache (default: none)")
     p.add_argument("--max-tokens", type=int, default=2048, metavar="N", help="judge reply limit (default 2048)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first judge call; retry i uses seed + i")
+    p.add_argument("--retry-temperature", type=float, default=0.7, metavar="T",
+                   help="sampling temperature of the calls after an unparseable reply (the first is greedy; "
+                        "default 0.7)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="grade only the answers to the first N questions of the run (every model, every turn)")
     p.add_argument("--update", action="store_true",
@@ -360,11 +363,13 @@ def _cmd_quality(args: argparse.Namespace) -> int:
         what = f"{r['score']:g}" if r["score"] is not None else f"FAILED ({r['error']})"
         print(f"[judge {i + 1}/{n}] q{r['id']} t{r['turn']} {r['label']}: {what}", file=sys.stderr, flush=True)
 
-    graded = asyncio.run(judge_rows(backend, rows, prompts, references, args.retries, on_row=show))
+    graded = asyncio.run(judge_rows(backend, rows, prompts, references, args.retries, on_row=show,
+                                    retry_temperature=args.retry_temperature))
     summary = quality_summary(graded)
     config = {"command": command_line(getattr(args, "argv", None)), "answers": str(path),
               "judge_url": args.judge_url, "judge_model": args.judge_model, "temperature": 0.0,
               "max_tokens": args.max_tokens, "seed": args.seed, "retries": args.retries, "limit": args.limit,
+              "retry_temperature": args.retry_temperature,
               "judge_prompts": str(bench_dir / "judge_prompts.jsonl"),
               "reference": str(ref_file) if ref_file else None}
     out = Path(args.out) if args.out else path.with_name("quality.json")

@@ -27,11 +27,13 @@ def points(results: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         model = overall[sp["model"]]
         judge = quality.get(sp["model"], {}).get("mean")
+        graded = quality.get(sp["model"], {})
         out.append({
             "bench": bench, "model": sp["model"], "baseline": sp["baseline"], "pairs": sp["pairs"],
             "speedup": sp["speedup_median"], "p25": sp["speedup_p25"], "p75": sp["speedup_p75"],
             "ppd": model["ppd"], "dp": model["dp_mean"], "abn": model["abn"], "tps": model["tps_median"],
             "judge": judge, "nll": model.get("nll_mean"),
+            "judged": f"{graded['scored']} ({graded['failed']})" if graded else "–",
             "baseline_judge": quality.get(sp["baseline"], {}).get("mean"),
             "baseline_nll": overall[sp["baseline"]].get("nll_mean"),
         })
@@ -53,15 +55,16 @@ def report(paths: Sequence[str | Path], out_dir: str | Path, title: str = "Bench
     _figure(rows, png)
     lines = [f"# {title}", "", f"![speedup against quality]({png.name})", "",
              "| bench | machine | model | baseline | pairs | speedup (p25–p75) | PPD | DP | ABN | TPS | judge (base) "
-             "| NLL (base) |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| judged (failed) | NLL (base) |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
             f"| {r['bench']} | {r['machine']} | {r['model']} | {r['baseline']} | {r['pairs']} | "
             f"{_f(r['speedup'], 2, 'x')} ({_f(r['p25'], 2)}–{_f(r['p75'], 2)}) | {_f(r['ppd'], 2)} | "
             f"{_f(r['dp'], 3)} | {_f(r['abn'], 2)} | {_f(r['tps'])} | {_f(r['judge'], 2)} ({_f(r['baseline_judge'], 2)}) "
-            f"| {_f(r['nll'], 3)} ({_f(r['baseline_nll'], 3)}) |")
+            f"| {r['judged']} | {_f(r['nll'], 3)} ({_f(r['baseline_nll'], 3)}) |")
     lines += ["", "Speedup: median over questions of the per-question TPS ratio, model over baseline. Judge: mean "
-              "score 1-10 (model, then baseline). NLL: nats per visible token under each run's reference model, "
+              "score 1-10 (model, then baseline) over the answers the judge scored; judged: the model's answers "
+              "scored, and in brackets those whose replies never held a valid rating. NLL: nats per visible token under each run's reference model, "
               "so compare it within one model family only.", "",
               "Sources: " + ", ".join(f"`{p}`" for p in paths), ""]
     md = out / "report.md"

@@ -151,10 +151,12 @@ def judge_messages(row: dict[str, Any], prompts: dict[str, JudgePrompt],
 
 
 async def judge_row(backend: Any, row: dict[str, Any], prompts: dict[str, JudgePrompt],
-                    references: dict[str, list[str]], retries: int) -> dict[str, Any]:
+                    references: dict[str, list[str]], retries: int,
+                    retry_temperature: float | None = None) -> dict[str, Any]:
     """Grade one row: {id, category, turn, label, prompt, score, judge_raw, attempts, error}. Never raises for
     a bad reply or a failed request. An unparseable reply is asked again (attempt i uses seed `backend.seed + i`:
-    a fresh call, cached apart) up to `retries` times; a request that failed for good (the backend has its own
+    a fresh call, cached apart, sampled at `retry_temperature` when given: at temperature 0 a deterministic judge
+    would only repeat itself) up to `retries` times; a request that failed for good (the backend has its own
     HTTP retries) ends the row at once. `error` lists the reason of every failed attempt."""
     from aspd.pipeline.backends import CallLog, use_log
 
@@ -169,7 +171,10 @@ async def judge_row(backend: Any, row: dict[str, Any], prompts: dict[str, JudgeP
     for attempt in range(retries + 1):
         log = CallLog()
         use_log(log)
-        reply = await backend.request(backend.body(messages, judge=True, index=attempt))
+        body = backend.body(messages, judge=True, index=attempt)
+        if attempt and retry_temperature is not None:
+            body["temperature"] = retry_temperature
+        reply = await backend.request(body)
         out["attempts"] = attempt + 1
         if reply is None:  # the backend already retried the HTTP request: asking again would only repeat that
             errors.append(f"request failed ({log.errors[-1] if log.errors else 'no detail'})")
@@ -188,11 +193,12 @@ async def judge_row(backend: Any, row: dict[str, Any], prompts: dict[str, JudgeP
 
 async def judge_rows(backend: Any, rows: Sequence[dict[str, Any]], prompts: dict[str, JudgePrompt],
                      references: dict[str, list[str]], retries: int,
-                     on_row: Callable[[int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+                     on_row: Callable[[int, dict[str, Any]], None] | None = None,
+                     retry_temperature: float | None = None) -> list[dict[str, Any]]:
     """All rows concurrently (the backend's semaphore bounds the requests in flight), results in row order."""
 
     async def one(i: int, row: dict[str, Any]) -> dict[str, Any]:
-        r = await judge_row(backend, row, prompts, references, retries)
+        r = await judge_row(backend, row, prompts, references, retries, retry_temperature)
         if on_row:
             on_row(i, r)
         return r
