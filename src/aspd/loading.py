@@ -83,15 +83,25 @@ def _load_adapter(folder: Path, tokenizer: Any, dtype: torch.dtype, attn: str) -
     return load_adapter_model(folder, model_folder(base), dtype, attn)
 
 
+def add_trained_tokens(tokenizer: Any, model: Any | None, folder: Path) -> None:
+    """The special tokens a run in `folder` added, in training order: the ASPD six, then PASTA's five."""
+    from aspd.tokens import add_control_tokens
+
+    add_control_tokens(tokenizer, model)
+    meta = folder / "aspd.json"
+    if meta.exists() and json.loads(meta.read_text()).get("format") == "pasta":
+        from aspd.pasta.tokens import add_pasta_tokens
+
+        add_pasta_tokens(tokenizer, model)
+
+
 def load_adapter_model(folder: Path, base_folder: Path, dtype: torch.dtype, attn: str) -> Any:
-    """A LoRA run: base weights + the same control-token init as training + adapter, merged for speed."""
+    """A LoRA run: base weights + the same special-token init as training + adapter, merged for speed."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from aspd.tokens import add_control_tokens
-
     # Merge in fp32, then cast: merging in bf16 would round the low-rank update away.
     model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32, attn_implementation=attn)
-    add_control_tokens(load_tokenizer(base_folder), model)
+    add_trained_tokens(load_tokenizer(base_folder), model, folder)
     model = PeftModel.from_pretrained(model, folder).merge_and_unload()
     return model.to(dtype)

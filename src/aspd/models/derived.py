@@ -67,8 +67,7 @@ def build(artifact: str, out: Path, *, base_folder: Path, dtype: str) -> dict[st
     """Apply an artifact to the base folder and save the merged model into `out`; returns manifest info."""
     import torch
 
-    from aspd.loading import load_adapter_model, load_tokenizer
-    from aspd.tokens import add_control_tokens
+    from aspd.loading import add_trained_tokens, load_adapter_model, load_tokenizer
 
     src = artifact_dir(artifact)
     missing = [f for f in ARTIFACT_FILES if not (src / f).is_file()]
@@ -76,7 +75,7 @@ def build(artifact: str, out: Path, *, base_folder: Path, dtype: str) -> dict[st
         raise FileNotFoundError(f"artifact {src} lacks {', '.join(missing)}")
     model = load_adapter_model(src, base_folder, getattr(torch, dtype), "sdpa")
     tokenizer = load_tokenizer(base_folder)
-    add_control_tokens(tokenizer)
+    add_trained_tokens(tokenizer, None, src)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     meta = json.loads((src / "aspd.json").read_text())

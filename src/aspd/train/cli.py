@@ -18,6 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="JSONL: {question|messages, answer} with optional markup")
     p.add_argument("--output", required=True, help="output folder (checkpoints, final weights, aspd.json)")
     p.add_argument("--serial", action="store_true", help="train the Seq baseline: drop the markup")
+    p.add_argument("--format", choices=("aspd", "pasta"), default="aspd",
+                   help="pasta: PASTA-LANG markup (answers with ASPD markup or none are converted on the fly)")
+    p.add_argument("--promise-len", type=int, default=1,
+                   help="pasta: positions each <promise/> reserves for its async span (default 1)")
     p.add_argument("--lora", action="store_true", help="LoRA (peft) instead of full fine-tuning")
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--lora-alpha", type=int, default=32)

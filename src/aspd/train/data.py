@@ -13,8 +13,15 @@ import torch
 from aspd.attention import model_mask
 from aspd.layout import Layout, MaskMode, PosMode, Span, build_layout
 from aspd.markup import Document, Serial, flatten
+from aspd.pasta.layout import PastaLayout, build_pasta_layout
+from aspd.pasta.markup import PastaDoc, from_aspd, has_tags, strip
+from aspd.pasta.markup import parse as parse_pasta
+from aspd.pasta.tokens import PastaIds
 from aspd.sample import Message, chat_spans, parse_answer, record_messages
 from aspd.tokens import ControlIds
+
+FORMATS = ("aspd", "pasta")
+Laid = Layout | PastaLayout  # both lay out ids, labels, positions and a visibility matrix
 
 
 class DataError(ValueError):
@@ -27,10 +34,26 @@ class Record:
 
     id: str
     messages: list[Message]
-    answer: Document
+    answer: Document | PastaDoc
 
 
-def read_records(path: str | Path, *, serial: bool = False, on_error: str = "raise") -> list[Record]:
+def answer_doc(text: str, fmt: str = "aspd", *, serial: bool = False) -> Document | PastaDoc:
+    """The training target of one answer. `pasta` takes PASTA markup, or converts ASPD markup / plain text.
+
+    With `serial` the markup is dropped (the Seq baseline); a PASTA answer then becomes its plain text.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if fmt == "pasta":
+        pasta = parse_pasta(text) if has_tags(text) else from_aspd(parse_answer(text))
+        return Document((Serial(strip(pasta)),)) if serial else pasta
+    doc = parse_answer(text)  # PASTA tags are plain text to an ASPD run, as before
+    return Document((Serial(flatten(doc)),)) if serial else doc
+
+
+def read_records(
+    path: str | Path, *, serial: bool = False, on_error: str = "raise", fmt: str = "aspd"
+) -> list[Record]:
     """Read a training JSONL. `serial` drops the markup (the Seq baseline). Bad lines raise or are skipped."""
     records: list[Record] = []
     with open(path, encoding="utf-8") as f:
@@ -45,10 +68,7 @@ def read_records(path: str | Path, *, serial: bool = False, on_error: str = "rai
                 text = obj.get("markup", obj.get("answer", answer))
                 if not isinstance(text, str) or not text.strip():
                     raise ValueError("needs a non-empty 'answer' (or 'markup', or a final assistant message)")
-                doc = parse_answer(text)
-                if serial:
-                    doc = Document((Serial(flatten(doc)),))
-                records.append(Record(str(obj.get("id", lineno)), msgs, doc))
+                records.append(Record(str(obj.get("id", lineno)), msgs, answer_doc(text, fmt, serial=serial)))
             except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError and MarkupError are ValueErrors
                 msg = f"{path}:{lineno}: {e}"
                 if on_error == "raise":
@@ -60,7 +80,10 @@ def read_records(path: str | Path, *, serial: bool = False, on_error: str = "rai
 
 
 class LayoutDataset(torch.utils.data.Dataset):
-    """Tokenizes records once; each item is a Layout (or a list of them when packing)."""
+    """Tokenizes records once; each item is a list of layouts (one, or several when packing).
+
+    PASTA records (answers that are a PastaDoc) need `pasta`, the tag ids, and use `promise_len`.
+    """
 
     def __init__(
         self,
@@ -72,13 +95,21 @@ class LayoutDataset(torch.utils.data.Dataset):
         mask_mode: MaskMode | str = MaskMode.INDEP,
         pos_mode: PosMode | str = PosMode.SAME_SEQ,
         pack: bool = False,
+        pasta: PastaIds | None = None,
+        promise_len: int = 1,
     ):
-        self.items: list[list[Layout]] = []
+        self.items: list[list[Laid]] = []
         dropped = 0
-        layouts = []
+        layouts: list[Laid] = []
         for r in records:
-            spans: list[Span] = chat_spans(tokenizer, ctrl, r.messages, r.answer)
-            lay = build_layout(spans, mask_mode=mask_mode, pos_mode=pos_mode)
+            lay: Laid
+            if isinstance(r.answer, PastaDoc):
+                if pasta is None:
+                    raise DataError(f"record {r.id}: PASTA answers need the PASTA tag ids")
+                lay = build_pasta_layout(tokenizer, pasta, r.messages, r.answer, promise_len=promise_len)
+            else:
+                spans: list[Span] = chat_spans(tokenizer, ctrl, r.messages, r.answer)
+                lay = build_layout(spans, mask_mode=mask_mode, pos_mode=pos_mode)
             if len(lay) > max_length:
                 dropped += 1
                 continue
@@ -95,13 +126,13 @@ class LayoutDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> list[Layout]:
+    def __getitem__(self, i: int) -> list[Laid]:
         return self.items[i]
 
 
-def _pack(layouts: Sequence[Layout], max_length: int) -> Iterator[list[Layout]]:
+def _pack(layouts: Sequence[Laid], max_length: int) -> Iterator[list[Laid]]:
     """First-fit-decreasing bins of whole samples; each sample keeps its own positions and mask block."""
-    bins: list[tuple[int, list[Layout]]] = []
+    bins: list[tuple[int, list[Laid]]] = []
     for lay in sorted(layouts, key=len, reverse=True):
         for k, (used, members) in enumerate(bins):
             if used + len(lay) <= max_length:
@@ -122,7 +153,7 @@ class Collator:
         self.pad_id = pad_id
         self.dtype = dtype
 
-    def __call__(self, rows: Sequence[list[Layout]]) -> dict[str, Any]:
+    def __call__(self, rows: Sequence[list[Laid]]) -> dict[str, Any]:
         width = max(sum(len(lay) for lay in row) for row in rows)
         b = len(rows)
         ids = torch.full((b, width), self.pad_id, dtype=torch.long)

@@ -16,8 +16,9 @@ import torch
 
 from aspd.attention import SUPPORTED_ATTENTION, AttentionBackendError, layer_windows, mask_dtype
 from aspd.layout import MaskMode, PosMode
+from aspd.pasta.tokens import PASTA_TAGS, add_pasta_tokens
 from aspd.tokens import DEFAULT_TOKENS, add_control_tokens
-from aspd.train.data import Collator, LayoutDataset, read_records
+from aspd.train.data import FORMATS, Collator, DataError, LayoutDataset, read_records
 
 ASPD_CONFIG = "aspd.json"  # written next to the weights; tells the engine how the model was trained
 
@@ -28,6 +29,8 @@ class TrainConfig:
     data: str
     output: str
     serial: bool = False  # the Seq baseline: same samples, markup removed
+    format: str = "aspd"  # aspd | pasta (PASTA markup, or ASPD markup converted on the fly)
+    promise_len: int = 1  # pasta: positions each <promise/> reserves for its span
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
@@ -85,6 +88,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise AttentionBackendError(
             f"attention implementation {cfg.attn!r} cannot take the branch mask; use one of {SUPPORTED_ATTENTION}"
         )
+    if cfg.format not in FORMATS:
+        raise DataError(f"unknown format {cfg.format!r}; choose from {', '.join(FORMATS)}")
+    if cfg.promise_len < 1:
+        raise DataError("promise_len must be >= 1")
     set_seed(cfg.seed)
     folder = model_folder(cfg.model)
     tokenizer = load_tokenizer(folder)
@@ -92,11 +99,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation=cfg.attn)
     ctrl = add_control_tokens(tokenizer, model)
-    records = read_records(cfg.data, serial=cfg.serial, on_error="skip" if cfg.skip_bad_lines else "raise")
+    pasta = add_pasta_tokens(tokenizer, model) if cfg.format == "pasta" else None  # after the ASPD six
+    records = read_records(cfg.data, serial=cfg.serial, on_error="skip" if cfg.skip_bad_lines else "raise",
+                           fmt=cfg.format)
     dataset = LayoutDataset(
         records, tokenizer, ctrl, max_length=cfg.max_length, mask_mode=cfg.mask_mode, pos_mode=cfg.pos_mode,
-        pack=cfg.pack,
+        pack=cfg.pack, pasta=pasta, promise_len=cfg.promise_len,
     )
+    new_tokens = [*ctrl.all(), *(pasta.all() if pasta else ())]
     collator = Collator(layer_windows(model.config), tokenizer.pad_token_id, mask_dtype(model))
 
     if cfg.lora:
@@ -105,7 +115,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         # The new control tokens must learn too: train just their rows, not the whole matrices.
         lcfg = LoraConfig(
             r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
-            target_modules="all-linear", trainable_token_indices=token_rows(model, list(ctrl.all())),
+            target_modules="all-linear", trainable_token_indices=token_rows(model, new_tokens),
         )
         model = get_peft_model(model, lcfg)
     model.config.use_cache = False
@@ -157,8 +167,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model.save_pretrained(cfg.output, save_embedding_layers=False)
     tokenizer.save_pretrained(cfg.output)
     meta = {
-        "format": "aspd",
+        "format": cfg.format,
         "tokens": asdict(DEFAULT_TOKENS),
+        **({"pasta_tokens": asdict(PASTA_TAGS), "promise_len": cfg.promise_len} if pasta else {}),
         "mask_mode": cfg.mask_mode,
         "pos_mode": cfg.pos_mode,
         "serial": cfg.serial,
