@@ -17,6 +17,7 @@ _SUBCOMMANDS = {
     "transform": "aspd.pipeline.cli",
     "distill": "aspd.distill",
     "bench": "aspd.bench.cli",
+    "pasta": "aspd.pasta.cli",
 }
 
 
