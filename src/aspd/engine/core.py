@@ -21,8 +21,11 @@ from aspd.engine.sampling import MAIN_STREAM, BatchSampler, SamplingParams, Stre
 from aspd.engine.text import Detokenizer
 from aspd.layout import MAIN, MaskMode, PositionPlanner, PosMode
 from aspd.markup import Branch, Document, Group, Serial, flatten
+from aspd.pasta.tokens import PASTA_TAGS, PastaIds
 from aspd.sample import Message, end_of_turn_ids, prompt_ids
 from aspd.tokens import DEFAULT_TOKENS, ControlIds, add_control_tokens, branch_prefix_ids
+
+MODES = ("hybrid", "serial", "pasta", "sot")
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class Generation:
     # Debug/verification: each fed slot as (id, position, group, branch), and its logits when recorded.
     slots: list[tuple[int, int, int, int]] = field(default_factory=list)
     logits: list[torch.Tensor] = field(default_factory=list)
+    markup: str | None = None  # the answer's own markup when it is not ASPD markup (PASTA's training form)
 
 
 @dataclass
@@ -127,6 +131,7 @@ class HybridEngine:
         predict_scale: float = 10.0,
         predicted_length: int = 20,
         engine: str = "auto",
+        promise_len: int = 1,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -138,6 +143,7 @@ class HybridEngine:
         self.pos_mode = PosMode(pos_mode)
         self.predict_scale = predict_scale
         self.predicted_length = predicted_length
+        self.promise_len = promise_len  # PASTA: positions each <promise/> reserves (as the model was trained)
         self.is_aspd_model = True
         self.windows = layer_windows(model.config)
         self.mask_dtype = mask_dtype(model)
@@ -157,6 +163,11 @@ class HybridEngine:
         self._ban_in_title = self._ban([c.title, c.para, c.branch, c.branch_end, c.para_end, *self.eot])
         self._only_title_end = ~self._ban([c.title_end])
         self._only_branch_end = ~self._ban([c.branch_end])
+        vocab = tokenizer.get_vocab()
+        self.pasta: PastaIds | None = None  # the PASTA tag ids, when the model has rows for them
+        if all(t in vocab for t in PASTA_TAGS.all()):
+            ids = PastaIds(*(int(vocab[t]) for t in PASTA_TAGS.all()))
+            self.pasta = ids if max(ids.all()) < self.vocab else None
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, device: str | None = None, dtype: str = "auto",
@@ -177,7 +188,8 @@ class HybridEngine:
         is_aspd = all(t in tok.get_vocab() for t in DEFAULT_TOKENS.all())
         add_control_tokens(tok, model)  # idempotent; also grows the rows if only the tokenizer had them
         engine = cls(model, tok, mask_mode=mask_mode or meta.get("mask_mode", MaskMode.INDEP.value),
-                     pos_mode=pos_mode or meta.get("pos_mode", PosMode.SAME_SEQ.value), engine=engine, **kw)
+                     pos_mode=pos_mode or meta.get("pos_mode", PosMode.SAME_SEQ.value), engine=engine,
+                     **{"promise_len": int(meta.get("promise_len", 1)), **kw})
         engine.is_aspd_model = is_aspd
         return engine
 
@@ -208,13 +220,16 @@ class HybridEngine:
         record: bool = False,
         chat: bool = True,
     ) -> Generation:
-        """Answer a prompt (text, chat messages, or token ids). mode: hybrid | serial.
+        """Answer a prompt (text, chat messages, or token ids). mode: hybrid | serial | pasta | sot.
+
+        `pasta` decodes PASTA-LANG (a model trained with `aspd train --format pasta`); `sot` is
+        Skeleton-of-Thought (any instruct model: a prompted outline, then every point expanded in one group).
 
         `answer_prefix` ids are fed as if the model had produced them (forced structure for tests and demos).
         `record` keeps every slot and its logits for verification.
         """
-        if mode not in ("hybrid", "serial"):
-            raise ValueError(f"mode must be 'hybrid' or 'serial', not {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; not {mode!r}")
         if prompt and isinstance(prompt, Sequence) and not isinstance(prompt, str) and isinstance(prompt[0], int):
             ids = [int(t) for t in prompt]  # type: ignore[union-attr]
         else:
@@ -222,15 +237,29 @@ class HybridEngine:
         if not ids:
             raise ValueError("empty prompt")
         sp, lim = sampling or SamplingParams(), limits or Limits()
+        if mode == "sot":
+            from aspd.engine.sot import generate_sot
+
+            if not isinstance(prompt, str) and prompt and not isinstance(prompt[0], dict):
+                raise ValueError("mode 'sot' rewrites the question into its own prompts: give text or messages")
+            return generate_sot(self, prompt, sampling=sp, limits=lim, on_event=on_event)  # type: ignore[arg-type]
+
+        def run(kv: DynamicKV | StaticKV, sampler: StreamSampler | BatchSampler) -> Generation:
+            if mode == "pasta":
+                from aspd.engine.pasta import PastaRun
+
+                return PastaRun(self, ids, sp, lim, list(answer_prefix), on_event, record, kv, sampler,
+                                self.promise_len).execute()
+            return _Run(self, ids, mode == "hybrid", sp, lim, list(answer_prefix), on_event, record, kv,
+                        sampler).execute()
+
         if self.engine == "eager":
-            return _Run(self, ids, mode == "hybrid", sp, lim, list(answer_prefix), on_event, record,
-                        DynamicKV(self), StreamSampler(sp, self.vocab, self.device)).execute()
+            return run(DynamicKV(self), StreamSampler(sp, self.vocab, self.device))
         with self._lock:
             if self._static is None:
                 self._static = StaticKV(self, max(1024, len(ids) + lim.max_new_tokens + 256))
             self._static.reset()
-            return _Run(self, ids, mode == "hybrid", sp, lim, list(answer_prefix), on_event, record,
-                        self._static, BatchSampler(sp, self.vocab, self.device)).execute()
+            return run(self._static, BatchSampler(sp, self.vocab, self.device))
 
 
 class _Run:

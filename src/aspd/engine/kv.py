@@ -51,7 +51,9 @@ class DynamicKV:
     def length(self) -> int:
         return self.pos.numel()
 
-    def feed(self, ids: list[int], pos: list[int], grp: list[int], br: list[int]) -> torch.Tensor:
+    def feed(self, ids: list[int], pos: list[int], grp: list[int], br: list[int],
+             rows: torch.Tensor | None = None) -> torch.Tensor:
+        """rows: an explicit bool [k, fed slots] visibility (PASTA) instead of the group/branch rule."""
         e = self.e
         n0 = self.length
         t = lambda xs: torch.tensor(xs, dtype=torch.long, device=e.device)  # noqa: E731
@@ -60,12 +62,13 @@ class DynamicKV:
         self.grp = torch.cat([self.grp, q_grp])
         self.br = torch.cat([self.br, q_br])
         k_order = torch.arange(self.length, device=e.device)
-        mask = model_mask(
-            e.windows,
-            lambda w: visibility(q_grp, q_br, k_order[n0:], self.grp, self.br, k_order, e.mask_mode,
-                                 q_pos=q_pos, k_pos=self.pos, window=w),
-            e.mask_dtype,
-        )
+        if rows is not None:
+            rows = rows.to(e.device)
+            allowed = lambda w: rows if w is None else rows & ((q_pos[:, None] - self.pos[None, :]) < w)  # noqa: E731
+        else:
+            allowed = lambda w: visibility(q_grp, q_br, k_order[n0:], self.grp, self.br, k_order,  # noqa: E731
+                                           e.mask_mode, q_pos=q_pos, k_pos=self.pos, window=w)
+        mask = model_mask(e.windows, allowed, e.mask_dtype)
         out = e.model(input_ids=t(ids)[None], position_ids=q_pos[None], attention_mask=mask,
                       past_key_values=self.cache, use_cache=True)
         return out.logits[0]
@@ -117,8 +120,9 @@ class _SlotLayer(CacheLayerMixin):
 
 
 class _Graph:
-    def __init__(self, graph: torch.cuda.CUDAGraph, inputs: torch.Tensor, logits: torch.Tensor):
-        self.graph, self.inputs, self.logits = graph, inputs, logits
+    def __init__(self, graph: torch.cuda.CUDAGraph, inputs: torch.Tensor, logits: torch.Tensor,
+                 rows: torch.Tensor | None = None):
+        self.graph, self.inputs, self.logits, self.rows = graph, inputs, logits, rows
 
 
 class StaticKV:
@@ -138,7 +142,7 @@ class StaticKV:
         self.n = 0
         self.write = torch.empty(0, dtype=torch.long, device=eng.device)  # slots the current forward writes
         self.span = 0  # key slots the current forward reads
-        self.graphs: dict[int, _Graph] = {}
+        self.graphs: dict[tuple[int, bool], _Graph] = {}  # (bucket, explicit rows)
         self.pool: Any = None
         self._tables = torch.zeros(4, 0, dtype=torch.long, device=eng.device)  # pos, grp, br, slot index
         self._grow(capacity)
@@ -183,18 +187,19 @@ class StaticKV:
 
     # ------------------------------------------------------------------ steps
 
-    def _step(self, inputs: torch.Tensor, span: int) -> torch.Tensor:
-        """inputs [5, k]: ids, pos, grp, br, slot. Writes the tables and the cache at `slot`; reads `span` slots."""
+    def _step(self, inputs: torch.Tensor, span: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """inputs [5, k]: ids, pos, grp, br, slot. Writes the tables and the cache at `slot`; reads `span` slots.
+        rows: explicit bool [k, span] visibility (PASTA) in place of the group/branch rule."""
         e = self.e
         ids, pos, grp, br, slot = inputs
         self._tables[:3].index_copy_(1, slot, inputs[1:4])
         k_pos, k_grp, k_br, k_order = self._tables[:, :span]
-        mask = model_mask(
-            e.windows,
-            lambda w: visibility(grp, br, slot, k_grp, k_br, k_order, e.mask_mode, q_pos=pos, k_pos=k_pos,
-                                 window=w),
-            e.mask_dtype,
-        )
+        if rows is not None:
+            allowed = lambda w: rows if w is None else rows & ((pos[:, None] - k_pos[None, :]) < w)  # noqa: E731
+        else:
+            allowed = lambda w: visibility(grp, br, slot, k_grp, k_br, k_order, e.mask_mode,  # noqa: E731
+                                           q_pos=pos, k_pos=k_pos, window=w)
+        mask = model_mask(e.windows, allowed, e.mask_dtype)
         self.write, self.span = slot, span
         out = e.model(input_ids=ids[None], position_ids=pos[None], attention_mask=mask, past_key_values=self.cache,
                       use_cache=True)
@@ -207,30 +212,47 @@ class StaticKV:
         return torch.tensor([ids + [0] * pad, pos + [0] * pad, grp + [MAIN] * pad, br + [MAIN] * pad,
                              list(range(self.n, self.n + rows))], dtype=torch.long)
 
-    def feed(self, ids: list[int], pos: list[int], grp: list[int], br: list[int]) -> torch.Tensor:
+    def _rows(self, rows: torch.Tensor, size: int, span: int) -> torch.Tensor:
+        """Explicit rows widened to [size, span]; a padding row sees only its own slot (no fully masked row)."""
+        out = torch.zeros(size, span, dtype=torch.bool)
+        k, w = rows.shape
+        out[:k, :w] = rows.cpu()
+        for r in range(k, size):
+            out[r, self.n + r] = True
+        return out
+
+    def feed(self, ids: list[int], pos: list[int], grp: list[int], br: list[int],
+             rows: torch.Tensor | None = None) -> torch.Tensor:
+        """rows: explicit bool [k, slots fed so far + k] visibility (PASTA) instead of the group/branch rule."""
         k = len(ids)
         self.reserve(k)
+        explicit = rows is not None
         if self.bucketed and k <= BUCKETS[-1]:
             size = next(b for b in BUCKETS if b >= k)
             padded = self._inputs(ids, pos, grp, br, size)
-            g = (self.graphs.get(size) or self._capture(size)) if self.graphs_on else None
+            wide = self._rows(rows, size, self.capacity) if rows is not None else None
+            g = (self.graphs.get((size, explicit)) or self._capture(size, explicit)) if self.graphs_on else None
             if g is not None:
                 g.inputs.copy_(padded.pin_memory(), non_blocking=True)
+                if g.rows is not None and wide is not None:
+                    g.rows.copy_(wide.pin_memory(), non_blocking=True)
                 g.graph.replay()
                 logits = g.logits[:k].clone()  # the graph overwrites its output at the next replay
             else:
-                logits = self._step(padded.to(self.e.device), self.capacity)[:k]
+                dev = wide.to(self.e.device) if wide is not None else None
+                logits = self._step(padded.to(self.e.device), self.capacity, dev)[:k]
             self.n += k
             return logits
         inputs = self._inputs(ids, pos, grp, br, k).to(self.e.device)
-        logits = self._step(inputs, self.n + k)
+        dev = self._rows(rows, k, self.n + k).to(self.e.device) if rows is not None else None
+        logits = self._step(inputs, self.n + k, dev)
         self.n += k
         return logits
 
-    def _capture(self, size: int) -> _Graph | None:
+    def _capture(self, size: int, explicit: bool = False) -> _Graph | None:
         """Warm up and capture one bucket; None (and graphs off for this engine) if the model cannot be captured."""
         try:
-            return self._try_capture(size)
+            return self._try_capture(size, explicit)
         except Exception as err:  # a model with host syncs or dynamic control flow in its forward
             warnings.warn(f"CUDA graph capture failed ({type(err).__name__}: {err}); the fast engine goes on "
                           "without graphs", RuntimeWarning, stacklevel=3)
@@ -238,18 +260,20 @@ class StaticKV:
             self.graphs.clear()
             return None
 
-    def _try_capture(self, size: int) -> _Graph:
+    def _try_capture(self, size: int, explicit: bool) -> _Graph:
         # Warm-up runs write padding-like rows at free slots: harmless, as every padding row is.
         inputs = self._inputs([], [], [], [], size).to(self.e.device)
+        rows = self._rows(torch.zeros(0, 0, dtype=torch.bool), size, self.capacity).to(self.e.device) \
+            if explicit else None
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
-                self._step(inputs, self.capacity)
+                self._step(inputs, self.capacity, rows)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            logits = self._step(inputs, self.capacity)
+            logits = self._step(inputs, self.capacity, rows)
         self.pool = graph.pool()
-        self.graphs[size] = _Graph(graph, inputs, logits)
-        return self.graphs[size]
+        self.graphs[(size, explicit)] = _Graph(graph, inputs, logits, rows)
+        return self.graphs[(size, explicit)]

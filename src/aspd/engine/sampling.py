@@ -154,6 +154,15 @@ class BatchSampler:
             self.seen[row] = False
         return row, applied
 
+    def fork(self, child: Stream, parent: Stream) -> None:
+        """A PASTA fork's history extends its parent's, not the main stream's: start from the parent's row."""
+        if not self.penalize or parent not in self.rows:
+            return
+        prow, applied = self.rows[parent]
+        row, _ = self._row(child)
+        self.seen[row] = self.seen[prow]
+        self.rows[child] = (row, applied)
+
     def draw(self, logits: torch.Tensor, streams: Sequence[Stream], banned: torch.Tensor | None,
              hists: Sequence[Sequence[int]]) -> list[int]:
         seen = None
