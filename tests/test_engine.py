@@ -260,3 +260,16 @@ def test_titles_with_line_breaks_become_one_line():
     g = eng.generate("Give tips.", answer_prefix=pre, limits=Limits(max_new_tokens=30, max_branch_tokens=6))
     assert [b.title for b in g.doc.groups[0].branches] == ["A B", "C"]
     render(g.doc)
+
+
+@pytest.mark.parametrize("extra", [1, 2, 3, 4, 5, 7, 9])
+def test_budget_ending_inside_a_group_is_not_overshot(extra):
+    """Each live branch owes an end token: a budget that runs out mid-group still bounds the sampled count."""
+    model, tok, ctrl = setup("llama")
+    eng = HybridEngine(model, tok)
+    titles = ("A", "B", "C", "D")
+    new = len(forced_titles(tok, ctrl, titles)) + extra  # the forced titles count against the budget too
+    g = run(eng, tok, ctrl, titles=titles, cap=50, new=new)
+    assert g.stats.groups == (1 if extra >= len(titles) else 0)  # no group opens without budget for its ends
+    assert g.stats.tokens <= new
+    render(g.doc)

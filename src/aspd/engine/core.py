@@ -380,15 +380,18 @@ class _Run:
         ban = e._ban_serial.clone()
         if self.stats.groups >= lim.max_groups or len(titles) >= lim.max_branches:
             ban[c.title] = True
-        if not self.can_open(titles):
+        if not self.can_open(titles, spend=1):  # the <|para|> itself would spend one token
             ban[c.para] = True
         return ban
 
-    def can_open(self, titles: list[list[int]]) -> bool:
-        """A group needs two distinct titles, a group left in the budget, and context room for every branch."""
+    def can_open(self, titles: list[list[int]], spend: int = 0) -> bool:
+        """A group needs two distinct titles, a group left in the budget, context room for every branch, and
+        token budget for every branch's end token (after `spend` more tokens)."""
         n = len(self.valid_titles(titles))
         room = self.e.context - self.planner.next_main - 2
-        return n >= 2 and self.stats.groups < self.lim.max_groups and room >= n * self.lim.max_branch_tokens
+        budget = self.lim.max_new_tokens - self.stats.tokens - spend
+        return (n >= 2 and self.stats.groups < self.lim.max_groups and room >= n * self.lim.max_branch_tokens
+                and budget >= n)
 
     def valid_titles(self, titles: list[list[int]]) -> list[str]:
         """Distinct non-empty titles, capped at max_branches; fewer than two means no group."""
@@ -487,10 +490,11 @@ class _Run:
     def sample_branches(self, g: int, branches: list[_Branch], which: list[int], logits: torch.Tensor) -> None:
         e, c, lim = self.e, self.e.ctrl, self.lim
         bans, hists = [], []
-        budget_left = lim.max_new_tokens - self.stats.tokens
+        # Every live branch still owes one end token, so only budget_left - len(which) of them may go on.
+        go_on = lim.max_new_tokens - self.stats.tokens - len(which)
         for k, b in enumerate(which):
             x = branches[b]
-            if len(x.ids) + 1 >= lim.max_branch_tokens or k >= budget_left:
+            if len(x.ids) + 1 >= lim.max_branch_tokens or k >= go_on:
                 bans.append(e._only_branch_end)  # the cap forces the branch to end now
             else:
                 bans.append(e._ban_branch)
