@@ -305,15 +305,31 @@ def test_cli_ablation_runs_every_mode_against_serial(models, qfile, tmp_path, ca
     (["--bench", "Q", "--baseline", "M"], "given twice"),
     (["--bench", "Q", "--limit", "0"], "--limit"),
     (["--bench", "Q", "--temperature", "-1"], "temperature"),
+    (["--bench", "Q", "--baseline", "M:pasta"], "no PASTA tags"),
 ])
 def test_cli_user_errors_are_one_line(extra, message, models, qfile, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(QUESTIONS[0]) + "\n{oops\n")
-    subst = {"BAD": str(bad), "Q": qfile, "M": models[0]}
+    subst = {"BAD": str(bad), "Q": qfile, "M": models[0], "M:pasta": f"{models[0]}:pasta"}
     argv = ["bench", "speed", "--model", models[0], *(subst.get(x, x) for x in extra)]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("aspd: error:") and message in err
+
+
+def test_sot_runs_beside_serial_from_the_chat_messages(models, qfile):
+    from aspd.markup import flatten, parse
+
+    a, b = models
+    specs = parse_specs([f"{b}:sot"], [b])
+    engines = load_engines(specs, device="cpu")
+    assert engines[specs[0].key] is engines[specs[1].key]  # one model, two modes
+    rows, _ = run_speed(engines, specs, load_questions(qfile, limit=1), limits=Limits(max_new_tokens=20))
+    sot = [r for r in rows if r["mode"] == "sot"]
+    assert len(sot) == len(rows) // 2 >= 1
+    for r in sot:
+        assert r["messages"][-1]["role"] == "user" and r["tokens"] > 0 and 0 <= r["dp"] <= 1
+        assert flatten(parse(r["markup"])) == r["text"]
 
 
 def test_speedup_skips_empty_answers():

@@ -174,6 +174,8 @@ def test_chat_two_turns_history_and_reset(model_dir, capsys, monkeypatch):
         (["generate", "--json", "--stream", "hi"], "exclude"),
         (["generate", "--no-chat", "--system", "x", "hi"], "--system"),
         (["chat", "--device", "nonsense"], "device"),
+        (["generate", "--mode", "pasta", "--stream", "hi"], "drop --stream"),
+        (["generate", "--mode", "sot", "--answer-prefix", "x", "hi"], "--answer-prefix"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(argv, message, capsys, monkeypatch):
@@ -188,6 +190,34 @@ def test_bad_flag_value_is_one_line_exit_2(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "--temperature" in err
+
+
+def test_pasta_mode_needs_a_model_with_pasta_tags(model_dir, tmp_path, capsys, monkeypatch):
+    rc, out, err = run_cli(capsys, monkeypatch, ["generate", "--model", model_dir, "--mode", "pasta", "hi"])
+    assert rc == 2 and out == "" and "--format pasta" in err and len(err.strip().splitlines()) == 1
+
+    from aspd.loading import load_model
+    from aspd.pasta.tokens import add_pasta_tokens
+
+    model, tok = load_model(model_dir, device="cpu")
+    add_pasta_tokens(tok, model)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    rc, out, _ = run_cli(capsys, monkeypatch, ["generate", "--model", str(tmp_path), "--mode", "pasta", "--json",
+                                               "--max-new-tokens", "12", "Give tips."])
+    res = json.loads(out)
+    # The random model never picks a tag (rows at the mean): a plain answer whose markup is its text.
+    assert rc == 0 and res["mode"] == "pasta" and res["stats"]["tokens"] <= 12
+    assert res["markup"].strip() == res["text"] and res["stats"]["parallel_tokens"] == 0
+
+
+def test_sot_mode_answers_through_the_cli(model_dir, capsys, monkeypatch):
+    rc, out, err = run_cli(capsys, monkeypatch, ["generate", "--model", model_dir, "--mode", "sot", "--json",
+                                                 "--max-new-tokens", "24", "Give tips."])
+    res = json.loads(out)
+    assert rc == 0 and res["mode"] == "sot" and res["text"] and res["stats"]["tokens"] > 0
+    assert "answer serially" not in err  # SoT needs no trained control tokens
+    assert flatten(parse(res["markup"])) == res["text"]
 
 
 def test_answer_prefix_is_tokenized_per_segment(model_dir):

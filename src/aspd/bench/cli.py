@@ -80,10 +80,10 @@ def register(sub: Any) -> None:
                     "questions interleaved with the model order rotating per question, the same sampling and "
                     "seed for all. Reports TPS, P-TPS, DP, ABN, PPD, latency and speedups against baselines.")
     p.add_argument("--model", action="append", required=True, metavar="SPEC",
-                   help="model under test, NAME_OR_PATH[:hybrid|serial][@MASK/POS] (default mode hybrid, modes "
+                   help="model under test, NAME_OR_PATH[:hybrid|serial|pasta|sot][@MASK/POS] (default mode hybrid, modes "
                         "the model's own); repeatable")
     p.add_argument("--baseline", action="append", default=[], metavar="SPEC",
-                   help="baseline, NAME_OR_PATH[:hybrid|serial][@MASK/POS] (default mode serial); repeatable")
+                   help="baseline, NAME_OR_PATH[:hybrid|serial|pasta|sot][@MASK/POS] (default mode serial); repeatable")
     _add_run_args(p)
     p.set_defaults(func=_cmd_speed)
     _one_line_error(p)

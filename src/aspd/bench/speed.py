@@ -19,10 +19,9 @@ from typing import Any
 import torch
 
 from aspd.bench.data import Question
-from aspd.engine.core import Generation, HybridEngine, Limits
+from aspd.engine.core import MODES, Generation, HybridEngine, Limits
 from aspd.engine.sampling import SamplingParams
 
-MODES = ("hybrid", "serial")
 Row = dict[str, Any]
 
 
@@ -98,9 +97,12 @@ def load_engines(specs: Sequence[ModelSpec], *, device: str | None = None, dtype
         if s.key not in engines:
             base = engines[s.name]
             variant = HybridEngine(base.model, base.tokenizer, mask_mode=s.mask_mode, pos_mode=s.pos_mode,
-                                   engine=engine)
+                                   engine=engine, promise_len=base.promise_len)
             variant.is_aspd_model = base.is_aspd_model
             engines[s.key] = variant
+    for s in specs:
+        if s.mode == "pasta" and engines[s.key].pasta is None:
+            raise ValueError(f"model spec {s.label!r}: {s.name} has no PASTA tags (train it with --format pasta)")
     return engines
 
 
@@ -112,21 +114,14 @@ def rotated(items: Sequence[Any], k: int) -> list[Any]:
     return [*items[k:], *items[:k]]
 
 
-def _markup(gen: Generation) -> str | None:
-    from aspd.markup import MarkupError, render
-
-    try:
-        return render(gen.doc)
-    except MarkupError:  # keep the measurement even if the structure cannot be rendered
-        return None
-
-
-def timed_generate(engine: HybridEngine, ids: list[int], mode: str, sampling: SamplingParams, limits: Limits,
-                   answer_prefix: Sequence[int] = ()) -> tuple[Generation, float]:
-    """(generation, wall seconds) with CUDA synchronized before and after."""
+def timed_generate(engine: HybridEngine, messages: list[dict[str, str]], mode: str, sampling: SamplingParams,
+                   limits: Limits, answer_prefix: Sequence[int] = ()) -> tuple[Generation, float]:
+    """(generation, wall seconds) with CUDA synchronized before and after; prompt templating is not timed."""
+    # SoT writes its own prompts from the messages; every other mode gets the templated ids.
+    prompt = messages if mode == "sot" else engine.prompt_ids(messages)
     sync(engine.device)
     t0 = time.perf_counter()
-    gen = engine.generate(ids, mode=mode, sampling=sampling, limits=limits, answer_prefix=answer_prefix)
+    gen = engine.generate(prompt, mode=mode, sampling=sampling, limits=limits, answer_prefix=answer_prefix)
     sync(engine.device)
     return gen, time.perf_counter() - t0
 
@@ -137,7 +132,7 @@ def make_row(q: Question, turn: int, spec: ModelSpec, messages: list[dict[str, s
     return {
         "id": q.id, "category": q.category, "turn": turn, "label": spec.label, "model": spec.name,
         "mode": spec.mode, "role": spec.role, "run_index": run_index, "position": position, "seed": seed,
-        "messages": messages, "text": gen.text, "markup": _markup(gen), "finish_reason": gen.finish_reason,
+        "messages": messages, "text": gen.text, "markup": gen.markup_text(), "finish_reason": gen.finish_reason,
         "tokens": st.tokens, "visible_tokens": st.visible_tokens, "parallel_tokens": st.parallel_tokens,
         "prefill_tokens": st.prefill_tokens, "groups": st.groups, "branches": list(st.branches),
         "dp": st.dp, "abn": st.abn, "seconds": seconds, "engine_seconds": st.seconds,
@@ -180,9 +175,9 @@ def run_speed(
         wl = replace(limits, max_new_tokens=min(limits.max_new_tokens, 32))
         for s in specs:
             eng = engines[s.key]
-            ids = eng.prompt_ids([{"role": "user", "content": questions[0].turns[0]}])
+            first = [{"role": "user", "content": questions[0].turns[0]}]
             for _ in range(warmup):
-                gen, sec = timed_generate(eng, ids, s.mode, sampling, wl, prefixes[s.label])
+                gen, sec = timed_generate(eng, first, s.mode, sampling, wl, prefixes[s.label])
                 warm.append({"label": s.label, "seconds": sec, "tokens": gen.stats.tokens})
     rows: list[Row] = []
     for qi, q in enumerate(questions):
@@ -193,8 +188,7 @@ def run_speed(
             for pos, s in enumerate(order):
                 eng = engines[s.key]
                 messages = [*history[s.label], {"role": "user", "content": user}]
-                ids = eng.prompt_ids(messages)
-                gen, sec = timed_generate(eng, ids, s.mode, sp, limits, prefixes[s.label])
+                gen, sec = timed_generate(eng, messages, s.mode, sp, limits, prefixes[s.label])
                 row = make_row(q, turn, s, messages, gen, sec, sp.seed, len(rows), pos)
                 rows.append(row)
                 history[s.label] = [*messages, {"role": "assistant", "content": gen.text}]

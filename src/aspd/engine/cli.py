@@ -20,7 +20,7 @@ from aspd.cli import CLIError
 DEFAULT_MODEL = "aspd-smollm2-135m"
 
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
-MODES = ("hybrid", "serial")
+MODES = ("hybrid", "serial", "pasta", "sot")  # == aspd.engine.core.MODES; kept here so --help skips torch
 
 
 # ------------------------------------------------------------------------------------------ parser
@@ -48,7 +48,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="attention backend; it must take the 4D branch mask (default: sdpa)")
     add_engine_arg(m)
     m.add_argument("--mode", default="hybrid", choices=MODES,
-                   help="hybrid: decode parallel groups in parallel; serial: never open a group")
+                   help="hybrid: decode parallel groups in parallel; serial: never open a group; pasta: "
+                        "PASTA-LANG async spans (a model trained with --format pasta); sot: Skeleton-of-Thought "
+                        "(any instruct model: an outline, then its points expanded in parallel)")
     m.add_argument("--mask-mode", default=None, choices=[x.value for x in MaskMode],
                    help="branch visibility (default: as the model was trained, from its aspd.json)")
     m.add_argument("--pos-mode", default=None, choices=[x.value for x in PosMode],
@@ -153,6 +155,11 @@ def limits_from_args(args: argparse.Namespace) -> Any:
 def _check_flags(args: argparse.Namespace) -> None:
     if args.json and args.stream:
         raise CLIError("--json and --stream exclude each other")
+    if args.stream and args.mode == "pasta":
+        raise CLIError("--stream shows hybrid, serial and sot answers; a PASTA answer is complete only when "
+                       "its spans are spliced in, so drop --stream")
+    if getattr(args, "answer_prefix", None) and args.mode == "sot":
+        raise CLIError("--answer-prefix does not apply to --mode sot (it writes its own prompts)")
     if getattr(args, "no_chat", False) and args.system is not None:
         raise CLIError("--system needs the chat template; drop --no-chat")
     if args.device is not None:
@@ -184,7 +191,10 @@ def load_engine(args: argparse.Namespace) -> Any:
     except Exception as e:  # a CLI reports load failures in one line; the library raises them as usual
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CLIError(f"cannot load model {args.model!r}: {detail}") from None
-    if not engine.is_aspd_model:
+    if args.mode == "pasta" and engine.pasta is None:
+        raise CLIError(f"{args.model} has no PASTA tags; --mode pasta needs a model trained with "
+                       "`aspd train --format pasta`")
+    if not engine.is_aspd_model and args.mode == "hybrid":
         print(f"aspd: note: {args.model} is not an ASPD model (no control tokens); it will answer serially",
               file=sys.stderr)
     return engine
@@ -237,13 +247,9 @@ def format_summary(stats: Any, finish_reason: str) -> str:
 
 
 def result_json(gen: Any, model: str, mode: str) -> dict[str, Any]:
-    from aspd.markup import MarkupError, render
-
-    try:
-        markup: str | None = render(gen.doc)
-    except MarkupError as e:  # should not happen; keep the answer rather than fail the whole request
-        print(f"aspd: warning: the answer is not valid markup: {e}", file=sys.stderr)
-        markup = None
+    markup = gen.markup_text()
+    if markup is None:  # should not happen; keep the answer rather than fail the whole request
+        print("aspd: warning: the answer is not valid markup", file=sys.stderr)
     return {"text": gen.text, "raw": gen.raw, "markup": markup, "finish_reason": gen.finish_reason,
             "stats": gen.stats.as_dict(), "model": model, "mode": mode}
 

@@ -20,7 +20,7 @@ from aspd.engine.kv import DynamicKV, StaticKV, resolve_engine
 from aspd.engine.sampling import MAIN_STREAM, BatchSampler, SamplingParams, Stream, StreamSampler
 from aspd.engine.text import Detokenizer
 from aspd.layout import MAIN, MaskMode, PositionPlanner, PosMode
-from aspd.markup import Branch, Document, Group, Serial, flatten
+from aspd.markup import Branch, Document, Group, MarkupError, Serial, flatten, render
 from aspd.pasta.tokens import PASTA_TAGS, PastaIds
 from aspd.sample import Message, end_of_turn_ids, prompt_ids
 from aspd.tokens import DEFAULT_TOKENS, ControlIds, add_control_tokens, branch_prefix_ids
@@ -101,6 +101,15 @@ class Generation:
     slots: list[tuple[int, int, int, int]] = field(default_factory=list)
     logits: list[torch.Tensor] = field(default_factory=list)
     markup: str | None = None  # the answer's own markup when it is not ASPD markup (PASTA's training form)
+
+    def markup_text(self) -> str | None:
+        """The answer as markup text: its own form if it has one, else the document rendered (None if invalid)."""
+        if self.markup is not None:
+            return self.markup
+        try:
+            return render(self.doc)
+        except MarkupError:
+            return None
 
 
 @dataclass
