@@ -299,6 +299,56 @@ def test_cli_ablation_runs_every_mode_against_serial(models, qfile, tmp_path, ca
     assert "MASK/POS" in capsys.readouterr().err
 
 
+def test_a_killed_run_resumes_without_losing_or_repeating_answers(models, qfile, tmp_path, capsys, monkeypatch):
+    import aspd.bench.cli as bench_cli
+
+    a, b = models
+    argv = ["bench", "speed", "--model", a, "--baseline", b, "--bench", qfile, "--device", "cpu",
+            "--max-new-tokens", "30", "--max-branch-tokens", "5", "--answer-prefix", PREFIX, "--temperature", "0.8"]
+    full = tmp_path / "full"
+    assert main([*argv, "--out", str(full)]) == 0
+    want = json.loads((full / "results.json").read_text())["rows"]
+
+    # Kill a run after its fourth row (q1: 2 rows, q2: 2 of its 4), then tear its last line as a crash would.
+    real = bench_cli._progress
+
+    def dying(total):
+        show = real(total)
+
+        def step(r):
+            show(r)
+            if r["run_index"] == 3:
+                raise KeyboardInterrupt
+
+        return step
+
+    monkeypatch.setattr(bench_cli, "_progress", dying)
+    out = tmp_path / "killed"
+    assert main([*argv, "--out", str(out)]) == 130  # Ctrl-C: "aspd: interrupted"
+    monkeypatch.setattr(bench_cli, "_progress", real)
+    partial = out / "rows.partial.jsonl"
+    with partial.open("a") as f:
+        f.write('{"id": "2", "tu')
+    capsys.readouterr()
+
+    assert main([*argv, "--out", str(out)]) == 2  # an unfinished run is never overwritten silently
+    assert "--resume" in capsys.readouterr().err
+    other = ["31" if x == "30" else x for x in argv]
+    assert main([*other, "--out", str(out), "--resume"]) == 2
+    assert "other settings (limits)" in capsys.readouterr().err  # other settings cannot resume it
+    kept = [json.loads(x) for x in partial.read_text().splitlines()[1:3]]
+
+    assert main([*argv, "--out", str(out), "--resume"]) == 0
+    assert "1 of 3 questions already answered" in capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    assert not partial.exists() and res["config"]["resumed_rows"] == 2
+    got = res["rows"]
+    assert got[:2] == kept  # q1 is kept as measured, not asked again
+    key = ("id", "turn", "label", "seed", "position", "text")
+    assert [tuple(r[k] for k in key) for r in got] == [tuple(r[k] for k in key) for r in want]
+    assert [r["run_index"] for r in got] == list(range(len(want)))
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--bench", "BAD"], "bad.jsonl:2: not valid JSON"),
     (["--bench", "no-such-bench"], "neither"),

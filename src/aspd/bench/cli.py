@@ -52,6 +52,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--category", action="append", default=[], help="only this category; repeatable")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output directory for results.json and results.md (default: runs/bench/<bench>-<time>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the killed run in --out: keep the questions it finished, ask the rest")
     _add_device(p)
     p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"), help="attention backend (default sdpa)")
     add_engine_arg(p)
@@ -216,7 +218,7 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     from aspd.bench.data import BenchDataError, load_questions, resolve_bench
     from aspd.bench.metrics import aggregate
     from aspd.bench.report import command_line, machine_info, overview, write_results
-    from aspd.bench.speed import load_engines, parse_specs, run_speed
+    from aspd.bench.speed import PartialRun, load_engines, parse_specs, run_speed
 
     # Every check before the slow loads, so mistakes fail at once.
     try:
@@ -235,7 +237,25 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     sampling, limits = sampling_from_args(args), limits_from_args(args)
     device = _device(args.device)
     bench_name = args.bench if args.bench in ("vicuna", "mt", "rag") else bench_file.stem
+    if args.resume and not args.out:
+        raise CLIError("--resume needs the --out of the run to continue")
     out = Path(args.out or f"runs/bench/{bench_name}-{dt.datetime.now():%Y%m%d-%H%M%S}")
+    partial = PartialRun(out, {"labels": [s.label for s in specs], "bench_file": str(bench_file),
+                               "sampling": asdict(sampling), "limits": asdict(limits),
+                               "answer_prefix": args.answer_prefix})
+    done: list[dict[str, Any]] = []
+    if partial.path.exists():
+        if not args.resume:
+            raise CLIError(f"{out} holds an unfinished run ({partial.path.name}): add --resume to continue it, "
+                           "or remove that file")
+        try:
+            done = partial.load(questions, len(specs))
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+        print(f"aspd: resuming: {len({r['id'] for r in done})} of {len(questions)} questions already answered",
+              file=sys.stderr)
+    elif args.resume:
+        raise CLIError(f"nothing to resume: {partial.path} does not exist")
 
     hf_logging.set_verbosity_error()
     try:
@@ -248,9 +268,15 @@ def _cmd_speed(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     total = sum(len(q.turns) for q in questions) * len(specs)
     machine = machine_info(device)
+    append, show = partial.start(done), _progress(total)
+
+    def on_row(r: dict[str, Any]) -> None:
+        append(r)
+        show(r)
+
     try:
         rows, warm = run_speed(engines, specs, questions, sampling=sampling, limits=limits, warmup=args.warmup,
-                               answer_prefix=args.answer_prefix, on_row=_progress(total))
+                               answer_prefix=args.answer_prefix, on_row=on_row, done=done)
     except ValueError as e:  # e.g. a prompt longer than the model's context
         raise CLIError(_err(e)) from None
     if hasattr(os, "getloadavg"):
@@ -267,7 +293,7 @@ def _cmd_speed(args: argparse.Namespace) -> int:
                        for s in specs],
             "device": device, "dtype": args.dtype, "attn": args.attn, "engine": args.engine, "sampling": asdict(sampling),
             "seed_rule": "question i uses sampling.seed + i", "limits": asdict(limits), "warmup": args.warmup,
-            "nll_model": args.nll_model, "answer_prefix": args.answer_prefix,
+            "nll_model": args.nll_model, "answer_prefix": args.answer_prefix, "resumed_rows": len(done),
         },
         "machine": machine,
         "warmup": warm,
@@ -276,6 +302,7 @@ def _cmd_speed(args: argparse.Namespace) -> int:
         "rows": rows,
     }
     js, md = write_results(out, results)
+    partial.path.unlink()  # results.json now holds every row
     print(overview(results))
     print(f"aspd: wrote {js} and {md}", file=sys.stderr)
     return 0

@@ -11,9 +11,11 @@ Fairness rules (DESIGN.md section 6: speedups only against baselines measured in
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -153,6 +155,7 @@ def run_speed(
     warmup: int = 1,
     answer_prefix: str | None = None,
     on_row: Callable[[Row], None] | None = None,
+    done: Sequence[Row] = (),
 ) -> tuple[list[Row], list[Row]]:
     """Answer every question with every spec, interleaved; returns (rows, warm-up records).
 
@@ -160,6 +163,8 @@ def run_speed(
     answered turn by turn; each later turn's prompt is the chat so far, holding that model's own earlier
     answers (flattened text, as `aspd chat` does). `answer_prefix` (control tokens written literally) forces the
     start of every hybrid answer: for demos and tests only, it makes structure that is not the model's own.
+    `done` holds the rows of questions a killed run finished (see PartialRun): they are kept, not re-asked, and
+    the other questions keep their own seeds and model order.
     """
     from aspd.engine.cli import answer_prefix_ids
 
@@ -179,8 +184,11 @@ def run_speed(
             for _ in range(warmup):
                 gen, sec = timed_generate(eng, first, s.mode, sampling, wl, prefixes[s.label])
                 warm.append({"label": s.label, "seconds": sec, "tokens": gen.stats.tokens})
-    rows: list[Row] = []
+    rows: list[Row] = list(done)
+    finished = {r["id"] for r in done}
     for qi, q in enumerate(questions):
+        if q.id in finished:
+            continue
         order = rotated(specs, qi)
         sp = replace(sampling, seed=sampling.seed + qi)  # same seed for every model on this question
         history: dict[str, list[dict[str, str]]] = {s.label: [] for s in order}
@@ -195,3 +203,58 @@ def run_speed(
                 if on_row is not None:
                     on_row(row)
     return rows, warm
+
+
+class PartialRun:
+    """`OUT/rows.partial.jsonl`: a header with the run's settings, then each row as soon as it is measured.
+
+    A killed run leaves it behind; `--resume` keeps the questions it finished (all their turns and models) and
+    asks only the rest. A torn last line (killed mid-write) is dropped; rows of a half-answered question too.
+    """
+
+    NAME = "rows.partial.jsonl"
+
+    def __init__(self, out: str | Path, header: dict[str, Any]):
+        self.path = Path(out) / self.NAME
+        self.header = json.loads(json.dumps(header))  # as it reads back from JSON (tuples become lists)
+
+    def load(self, questions: Sequence[Question], n_specs: int) -> list[Row]:
+        """Rows of the finished questions; ValueError if the file was written with other settings."""
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        try:
+            header = json.loads(lines[0])["partial_run"] if lines else None
+        except (json.JSONDecodeError, KeyError, TypeError):
+            header = None
+        if header is None:
+            raise ValueError(f"{self.path} is not a partial run (no header line)")
+        if header != self.header:
+            diff = sorted(k for k in {*header, *self.header} if header.get(k) != self.header.get(k))
+            raise ValueError(f"{self.path} was written with other settings ({', '.join(diff)}); "
+                             "resume with the same ones, or remove it")
+        rows: list[Row] = []
+        for line in lines[1:]:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # the torn last line of a killed run
+        need = {q.id: len(q.turns) * n_specs for q in questions}
+        count: dict[str, int] = {}
+        for r in rows:
+            count[r["id"]] = count.get(r["id"], 0) + 1
+        keep = [r for r in rows if count[r["id"]] == need.get(r["id"])]
+        for i, r in enumerate(keep):
+            r["run_index"] = i
+        return keep
+
+    def start(self, rows: Sequence[Row]) -> Callable[[Row], None]:
+        """Rewrite the file with the kept rows; returns the callback that appends each new row."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("w", encoding="utf-8") as f:
+            f.write(json.dumps({"partial_run": self.header}) + "\n")
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+        def append(row: Row) -> None:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+        return append
