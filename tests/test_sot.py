@@ -227,3 +227,31 @@ def test_sot_fits_the_branches_into_the_context(tiny):
     eng.context = need + 3 * 7  # too little for any useful paragraph: a serial answer instead
     g = generate_sot(eng, "Give tips.", limits=Limits(max_new_tokens=200), skeleton=points)
     assert g.stats.groups == 0 and g.finish_reason == "length" and "[serial]" in g.raw
+
+
+def test_sot_on_a_plain_model_reads_the_control_tokens_as_line_breaks(tiny):
+    """An untrained model sees `\\n` where the control tokens stand, and gets its own rows back afterwards."""
+    model, tok, ctrl = tiny
+    eng = HybridEngine(model, tok)
+    eng.is_aspd_model = False  # as from_pretrained marks a plain model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    titles = ["Diet", "Sleep"]
+    g = generate_sot(eng, "Give tips.", skeleton=titles, limits=Limits(max_new_tokens=80, max_branch_tokens=12),
+                     record=True)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert g.stats.groups == 1
+
+    newline, controls = text_ids(tok, "\n")[-1], set(ctrl.all())
+    forced = [t for p in titles for t in (ctrl.title, *text_ids(tok, p), ctrl.title_end)] + [ctrl.para]
+    context = eng.prompt_ids(expansion_messages("Give tips.", titles)) + forced
+    for b, title in enumerate(titles):
+        prefix = branch_prefix_ids(tok, ctrl, title)
+        fed = [t for t, _p, gr, br in g.slots if gr == 0 and br == b]
+        body = fed[len(prefix):-1]
+        assert len(body) >= 5
+        plain = [newline if t in controls else t for t in context + prefix]
+        cfg = GenerationConfig(do_sample=False, max_new_tokens=len(body), min_new_tokens=len(body),
+                               eos_token_id=None, pad_token_id=0)
+        with torch.no_grad():
+            out = model.generate(torch.tensor([plain]), generation_config=cfg)
+        assert out[0, len(plain):].tolist() == body, b

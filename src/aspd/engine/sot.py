@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
+
+import torch
 
 from aspd.engine.core import Event, Generation, HybridEngine, Limits, Stats
 from aspd.engine.sampling import SamplingParams
@@ -208,7 +211,7 @@ def generate_sot(
     limits: Limits | None = None,
     on_event: Callable[[Event], None] | None = None,
     skeleton: Sequence[str] | None = None,
-    skeleton_prefix: Sequence[int] = (),
+    skeleton_prefix: Sequence[int] | None = None,
     record: bool = False,
 ) -> Generation:
     """Answer `prompt` (text, or chat messages whose last user turn is the question) with Skeleton-of-Thought.
@@ -218,7 +221,8 @@ def generate_sot(
     `on_event` sees the answer stage only (the expansion group, or the serial fallback): the skeleton is
     a plan, not part of the answer.
     `skeleton` gives the points outright (stage 1 is skipped); `skeleton_prefix` forces ids at the start of
-    the stage-1 answer, like `generate(answer_prefix=...)`. Both are for tests and demos. `record` keeps the
+    the stage-1 answer, like `generate(answer_prefix=...)`; by default it is "1.", which holds even a small
+    model to a numbered list (SoT's own skeleton prompt ends in the same partial answer). `record` keeps the
     answer stage's slots and logits.
 
     The result's stats cover both stages: tokens = skeleton + answer-stage sampled tokens (stage 2's forced
@@ -231,7 +235,8 @@ def generate_sot(
     if skeleton is None:
         skel = engine.generate(skeleton_messages(prompt), mode="serial", sampling=sp,
                                limits=Limits(max_new_tokens=_skeleton_budget(lim)),
-                               answer_prefix=list(skeleton_prefix))
+                               answer_prefix=list(text_ids(tok, "1.") if skeleton_prefix is None
+                                                  else skeleton_prefix))
         points = parse_skeleton(skel.text, lim.max_branches)
         if skel.finish_reason == "length" and len(points) > 2:
             points = points[:-1]  # cut off mid-point by the budget
@@ -277,14 +282,39 @@ def _expand(engine: HybridEngine, prompt: str | Sequence[Message], points: list[
     cap = min(lim.max_branch_tokens, room // len(points))
     if cap < MIN_BRANCH_TOKENS or remaining < 2 * len(points):
         return None
-    # Forced tokens count as sampled in the engine, so they go on top of the branches' share. When the budget
-    # runs out mid-group the engine still closes every live branch with one <|/branch|> past it: hold back
-    # one token per branch so that skeleton + branches stays within max_new_tokens.
-    exp_lim = replace(lim, max_new_tokens=len(forced) - 1 + remaining - len(points), max_branch_tokens=cap,
-                      max_groups=1)
-    exp = engine.generate(messages, mode="hybrid", sampling=sp, limits=exp_lim, answer_prefix=forced,
-                          on_event=on_event, record=record)
+    # Forced tokens count as sampled in the engine, so they go on top of the branches' share (the engine keeps
+    # one token of it for each branch's end).
+    exp_lim = replace(lim, max_new_tokens=len(forced) - 1 + remaining, max_branch_tokens=cap, max_groups=1)
+    with _controls_read_as_text(engine):
+        exp = engine.generate(messages, mode="hybrid", sampling=sp, limits=exp_lim, answer_prefix=forced,
+                              on_event=on_event, record=record)
     return exp if exp.stats.groups == 1 else None
+
+
+@contextmanager
+def _controls_read_as_text(engine: HybridEngine) -> Iterator[None]:
+    """For a model never trained on the control tokens, borrow rows of tokens it knows while SoT runs.
+
+    Their own rows sit at the mean embedding, which such a model reads as noise: it tends to end a point right
+    after `<|branch|>Title:`. The structural tokens borrow the line break's row, so the prompt reads like a
+    plain outline; `<|/branch|>` borrows the end of turn's, so that with a tied head a point ends where the
+    model would end an answer (the other control tokens are banned inside a branch, whatever their logits).
+    """
+    if engine.is_aspd_model:
+        yield
+        return
+    c, emb = engine.ctrl, engine.model.get_input_embeddings().weight
+    ids = torch.tensor(c.all(), device=emb.device)
+    saved = emb[ids].clone()
+    newline, eot = emb[text_ids(engine.tokenizer, "\n")[-1]].clone(), emb[min(engine.eot)].clone()
+    with torch.no_grad():  # in place, so that captured CUDA graphs read the borrowed rows too
+        emb[ids] = newline
+        emb[c.branch_end] = eot
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            emb[ids] = saved
 
 
 def _result(engine: HybridEngine, skel: Generation | None, ans: Generation, answer_tokens: int, text: str,
