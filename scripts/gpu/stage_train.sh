@@ -3,7 +3,8 @@
 # derived-model artifacts. Needs stage_transform.sh's output on the same machine.
 # Usage: bash scripts/gpu/stage_train.sh NAME RANK EPOCHS SERIAL_SHARE LR [full]
 #   full: also a full fine-tune of the ASPD variant, for its loss curve only (too big to ship).
-#   Environment: VARIANTS (default "aspd seq"), PRECISION (default bf16).
+#   Environment: VARIANTS (default "aspd seq"; "pasta" trains the PASTA-LANG model from the same samples, its
+#   markup converted from ASPD's), PRECISION (default bf16).
 # Writes $OUT/{aspd,seq}-NAME.tar (artifact folders with loss_history.json), $OUT/train_NAME.log and, with full,
 # $OUT/full-aspd-NAME.loss.json.
 set -euo pipefail
@@ -21,7 +22,7 @@ common=(--model "$name" --data "$w/${name}_train.jsonl" --epochs "$epochs" --bat
 lora=(--lora --lora-r "$rank" --lora-alpha $((2 * rank)) --lora-dropout 0.05 --lr "$lr")
 {
   for v in ${VARIANTS:-aspd seq}; do
-    flag=(); [ "$v" = seq ] && flag=(--serial)
+    flag=(); [ "$v" = seq ] && flag=(--serial); [ "$v" = pasta ] && flag=(--format pasta)
     rm -rf "$w/$v-$name"
     /usr/bin/time -f "$v-$name: %e s" python3 -m aspd.cli train "${common[@]}" "${lora[@]}" "${flag[@]}" --output "$w/$v-$name"
     python3 -m aspd.cli models pack "$w/$v-$name" "$w/art/$v-$name" --base "$name"
@@ -32,4 +33,9 @@ lora=(--lora --lora-r "$rank" --lora-alpha $((2 * rank)) --lora-dropout 0.05 --l
     cp "$w/full-aspd-$name/loss_history.json" "$OUT/full-aspd-$name.loss.json"
   fi
   [ -d "$w/aspd-$name" ] && python3 scripts/gpu/quick_ppd.py "$w/aspd-$name" .xfer/data/vicuna_bench.jsonl 12
+  if [ -d "$w/pasta-$name" ]; then  # a first look: does it write async spans by itself?
+    for q in "Give me three tips for staying healthy." "List the main differences between cats and dogs."; do
+      python3 -m aspd.cli generate --model "$w/pasta-$name" --mode pasta --json --paper-sampling --max-new-tokens 256 "$q"
+    done
+  fi
 } 2>&1 | tr '\r' '\n' | grep -v -E "it/s\]|s/it\]|^\s*$" | tee "$OUT/train_$name.log"

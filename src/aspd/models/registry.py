@@ -115,19 +115,21 @@ register(
 )
 
 
-# Fine-tunes made by the recipe in scripts/ (docs/results/models.md): ASPD models and their Seq baselines, trained
-# with the same LoRA settings on the same self-distilled, transformed samples.
+# Fine-tunes made by the recipe in scripts/ (docs/results/models.md): ASPD models, their Seq baselines and a PASTA
+# model, trained with the same LoRA settings on the same self-distilled, transformed samples.
 for _base, _what, _sha in (
     ("smollm2-135m", "aspd", "06d1ee29b182b5a09899314520732b6b77304637e90132c1e29073a88a1249c0"),
     ("smollm2-135m", "seq", "6b6caef25ebf80dd474399f50bc17d01dbe3cbc10acef15f1e56a6b9d8dddbab"),
     ("qwen2.5-coder-0.5b", "aspd", "56708234a213dfd7e2cd1b7bd2fbdfce803adbce8d5e3cc6f94aacda3528a5d9"),
     ("qwen2.5-coder-0.5b", "seq", "d7206fd6760fc019b359a95895429532fa1f9e2b613756f5e2f5924b6feffaab"),
+    ("smollm2-135m", "pasta", "ac8ceed7b767b6fc75ce48d5d332ae0e91e5c526a83625213d80969b576d1859"),
 ):
     register(
         ModelSpec(
             name=f"{_what}-{_base}",
-            description=(f"{_base} + ASPD LoRA (parallel branches)" if _what == "aspd"
-                         else f"{_base} + Seq LoRA (same answers, no markup: the baseline)"),
+            description={"aspd": f"{_base} + ASPD LoRA (parallel branches)",
+                         "seq": f"{_base} + Seq LoRA (same answers, no markup: the baseline)",
+                         "pasta": f"{_base} + PASTA-LANG LoRA (async spans; --mode pasta)"}[_what],
             kind="derived",
             base=_base,
             artifact=f"{_what}-{_base}",
