@@ -219,7 +219,8 @@ def generate_sot(
     `limits.max_new_tokens` covers both stages: the skeleton takes at most a quarter of it (and at most
     SKELETON_MAX_TOKENS), the points share what is left. `limits.max_branches` caps the points.
     `on_event` sees the answer stage only (the expansion group, or the serial fallback): the skeleton is
-    a plan, not part of the answer.
+    a plan, not part of the answer. Streamed, the expansions read like an ASPD group (bodies only); the
+    returned text adds the `N. Point:` heads (`assemble`).
     `skeleton` gives the points outright (stage 1 is skipped); `skeleton_prefix` forces ids at the start of
     the stage-1 answer, like `generate(answer_prefix=...)`; by default it is "1.", which holds even a small
     model to a numbered list (SoT's own skeleton prompt ends in the same partial answer). `record` keeps the
