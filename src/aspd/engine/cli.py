@@ -15,8 +15,7 @@ from typing import Any, NoReturn, TextIO
 
 from aspd.cli import CLIError
 
-# The product default is the ASPD fine-tune `aspd-smollm2-135m`; it does not exist yet, so the plain base
-# model stands in (it answers serially: its control-token rows are untrained).
+# The product default: the ASPD fine-tune of SmolLM2-135M (its base and shipped adapter are fetched on first use).
 DEFAULT_MODEL = "aspd-smollm2-135m"
 
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
