@@ -11,3 +11,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """A tiny random Llama and its tokenizer saved as a Hugging Face folder (no control tokens)."""
+    from aspd.testing import tiny_model, tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tok = tiny_tokenizer()
+    tiny_model("llama", len(tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -8,7 +8,6 @@ from aspd.cli import main as cli_main
 from aspd.markup import flatten
 from aspd.markup import parse as parse_aspd
 from aspd.pasta.markup import parse, promises, strip
-from aspd.testing import tiny_model, tiny_tokenizer
 
 ASPD = ("Here are two tips:\n<branchgroup>\n<branch title=\"Diet\">Diet: eat a balanced diet.</branch>\n"
         "<branch title=\"Sleep\">Sleep: rest well every night.</branch>\n</branchgroup>\nIn summary, habits.")
@@ -73,15 +72,6 @@ def test_bad_line_names_file_and_line_and_writes_nothing(tmp_path, capsys, bad, 
     assert message in capsys.readouterr().err
     assert out.read_text() == "previous content\n"  # untouched, no half-written file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "out.jsonl"]  # no temp file left
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama-filter")
-    tok = tiny_tokenizer()
-    tiny_model("llama", len(tok)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def test_filter_keeps_annotations_worth_it(tiny_folder, tmp_path, capsys):

@@ -9,7 +9,7 @@ from aspd.cli import main as cli_main
 from aspd.pasta.layout import PastaLayout
 from aspd.pasta.markup import PastaDoc, strip
 from aspd.pasta.tokens import PASTA_TAGS, add_pasta_tokens
-from aspd.testing import tiny_model, tiny_tokenizer
+from aspd.testing import tiny_tokenizer
 from aspd.tokens import add_control_tokens
 from aspd.train.data import Collator, LayoutDataset, read_records
 from aspd.train.trainer import ASPD_CONFIG
@@ -18,15 +18,6 @@ PASTA = ("Two tips:<scope>\n1. Diet:<promise/><async> Eat a balanced diet.</asyn
          "2. Sleep:<promise/><async> Sleep well.</async>\n</scope>In summary, habits matter.")
 ASPD = ("Here are two tips:\n<branchgroup>\n<branch title=\"Diet\">Diet: eat a balanced diet.</branch>\n"
         "<branch title=\"Sleep\">Sleep: rest well.</branch>\n</branchgroup>\nIn summary, habits matter.")
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama-pasta")
-    tok = tiny_tokenizer()
-    tiny_model("llama", len(tok)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 @pytest.fixture()

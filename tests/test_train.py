@@ -16,15 +16,6 @@ MARKED = (
 )
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tok = tiny_tokenizer()
-    tiny_model("llama", len(tok)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 @pytest.fixture()
 def data_file(tmp_path):
     rows = [
