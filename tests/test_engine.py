@@ -9,9 +9,9 @@ from transformers import GenerationConfig
 from aspd.attention import forward_layout, layer_windows, mask_dtype, model_mask
 from aspd.engine import HybridEngine, Limits, SamplingParams
 from aspd.layout import Kind, Span, build_layout, visibility
-from aspd.markup import render
+from aspd.markup import parse, render
 from aspd.testing import ARCHS, tiny_model, tiny_tokenizer
-from aspd.tokens import add_control_tokens, text_ids
+from aspd.tokens import add_control_tokens, branch_prefix_ids, text_ids
 
 POS_MODES = ("same-seq", "same-max", "same-re", "predict")
 MASK_MODES = ("indep", "shared")
@@ -204,6 +204,24 @@ def test_sampling_is_reproducible_per_seed():
     assert a.answer_ids != c.answer_ids
 
 
+def test_head_titles_are_fed_as_prefixes_and_shown_before_their_bodies():
+    """A head title (`1. **Diet**:`) is the branch's prefix as is (no ':' added) and the start of its visible text."""
+    model, tok, ctrl = setup("llama")
+    eng = HybridEngine(model, tok)
+    heads = ("1. **Diet**:", "2. **Sleep**:", "- Work")
+    g = run(eng, tok, ctrl, titles=heads, cap=8, new=60)
+    assert g.doc.groups and g.doc.groups[0].titles == heads
+    for b, head in enumerate(heads):
+        fed = [t for t, _p, gr, br in g.slots if gr == 0 and br == b]
+        assert fed[: 1 + len(text_ids(tok, head))] == [ctrl.branch, *text_ids(tok, head)]
+        assert branch_prefix_ids(tok, ctrl, head) == [ctrl.branch, *text_ids(tok, head)]
+    assert [b.visible.startswith(h) for b, h in zip(g.doc.groups[0].branches, heads, strict=True)] == [True] * 3
+    assert all(h in g.text for h in heads)
+    assert parse(render(g.doc)) == g.doc.normalized()
+    # A label title is hidden and fed with ':' appended, as before.
+    assert branch_prefix_ids(tok, ctrl, "Diet") == [ctrl.branch, *text_ids(tok, "Diet:")]
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_reading_order_view_reassembles_the_visible_text(seed):
     from aspd.engine.stream import ReadingOrderView, stream_events
@@ -211,7 +229,8 @@ def test_reading_order_view_reassembles_the_visible_text(seed):
     model, tok, ctrl = setup("llama")
     eng = HybridEngine(model, tok)
     # Two groups, sampled: branches end at different times, so the view must buffer and release in order.
-    pre = forced_titles(tok, ctrl, ("Diet", "Sleep", "Work"))
+    titles = ("Diet", "Sleep", "Work") if seed % 2 else ("1. Diet", "2. **Sleep**:", "3. Work:")  # labels, heads
+    pre = forced_titles(tok, ctrl, titles)
     view = ReadingOrderView(eng)
     shown, order = "", []
     gen = None

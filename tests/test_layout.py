@@ -8,7 +8,7 @@ from aspd.layout import Kind, Span, build_layout
 from aspd.markup import Branch, Document, Group, Serial
 from aspd.sample import chat_spans
 from aspd.testing import ARCHS, tiny_model, tiny_tokenizer
-from aspd.tokens import add_control_tokens, branch_prefix_ids
+from aspd.tokens import add_control_tokens, branch_prefix_ids, text_ids
 
 # Two groups, five branches, one id per token (ids = index + 100 so labels are easy to read).
 #  idx  kind        owner
@@ -137,6 +137,22 @@ def test_chat_sample_labels_follow_token_roles():
     # Every label in the answer is either -100 or the token itself (the model shifts them).
     kept = lay.labels != -100
     assert (lay.labels[kept] == lay.input_ids[kept]).all()
+
+
+def test_head_branch_spans_are_the_head_then_the_body_verbatim():
+    tok = tiny_tokenizer()
+    ctrl = add_control_tokens(tok)
+    doc = Document((Group((Branch("1. **Diet**:", " Eat greens.  "), Branch("Sleep", "  Eight hours."))),))
+    spans = chat_spans(tok, ctrl, [{"role": "user", "content": "Give tips."}], doc)
+    kinds = [(s.kind, s.ids) for s in spans if s.kind in (Kind.TITLE, Kind.PREFIX, Kind.BODY)]
+    assert kinds == [
+        (Kind.TITLE, [ctrl.title, *text_ids(tok, "1. **Diet**:"), ctrl.title_end]),
+        (Kind.TITLE, [ctrl.title, *text_ids(tok, "Sleep"), ctrl.title_end]),
+        (Kind.PREFIX, [ctrl.branch, *text_ids(tok, "1. **Diet**:")]),  # a head: no ':' added
+        (Kind.BODY, text_ids(tok, " Eat greens.")),  # kept verbatim after a head, right-trimmed
+        (Kind.PREFIX, [ctrl.branch, *text_ids(tok, "Sleep:")]),
+        (Kind.BODY, text_ids(tok, " Eight hours.")),  # after a label: one space, then the trimmed body
+    ]
 
 
 def branch_slice(lay, g: int, b: int) -> torch.Tensor:

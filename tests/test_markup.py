@@ -29,7 +29,7 @@ from aspd.markup import (
     to_token_text,
     validate,
 )
-from aspd.tokens import DEFAULT_TOKENS, SpecialTokens
+from aspd.tokens import DEFAULT_TOKENS, SpecialTokens, is_head
 
 DESIGN_EXAMPLE = """A driver works 3 hours at $40/hour and drives 60 miles.
 <branchgroup>
@@ -509,8 +509,9 @@ def test_flatten_keeps_text(doc: Document) -> None:
     assert same_text(flatten(parse(render(doc))), flatten(doc))
     norm = doc.normalized()
     pieces = [s.text for s in norm.segments if isinstance(s, Serial)]
-    pieces += [b.text for grp in norm.groups for b in grp.branches]
-    # Flattening only drops tags: every word of every piece is there, and nothing else.
+    # Head titles are shown; label titles are not.
+    pieces += [(b.title.strip() if is_head(b.title) else "") + b.text for grp in norm.groups for b in grp.branches]
+    # Flattening only drops tags and labels: every word of every piece is there, and nothing else.
     assert sorted(flatten(doc).split()) == sorted(w for p in pieces for w in p.split())
 
 
@@ -557,7 +558,7 @@ def test_flatten_of_rewriter_markup_gives_back_the_answer(
         answer += [serial, "\n"]
         markup += [serial, data.draw(_SPACE), "<branchgroup>", data.draw(_SPACE)]
         for title, body in branches:
-            answer += [body, "\n"]
+            answer += [title.strip() + body if is_head(title) else body, "\n"]  # a head title is shown
             esc = title.replace("&", "&amp;").replace('"', "&quot;")
             markup += [f'<branch title="{esc}">', body, "</branch>", data.draw(_SPACE)]
         markup += ["</branchgroup>", data.draw(_SPACE)]
@@ -634,3 +635,17 @@ def test_from_token_text_mutated(doc: Document, data: st.DataObject) -> None:
         return
     assert back.normalized() == back
     assert from_token_text(to_token_text(back)) == back
+
+
+def test_head_titles_are_shown_and_label_titles_hidden() -> None:
+    heads = Group((Branch("1. **Diet**:", " Eat more greens."), Branch("2. **Sleep**:", "\n   Eight hours.")))
+    labels = Group((Branch("Diet", "Eat more greens."), Branch("Sleep", "Eight hours.")))
+    doc = Document((Serial("Tips:"), heads, Serial("Also:"), labels))
+    assert flatten(doc) == "Tips:\n1. **Diet**: Eat more greens.\n2. **Sleep**:\n   Eight hours.\nAlso:\nEat more greens.\nEight hours."
+    assert parse(render(doc)) == doc
+    tt = to_token_text(doc)
+    assert "<|branch|>1. **Diet**: Eat more greens.<|/branch|>" in tt  # the head is the prefix; no ': ' added
+    assert "<|branch|>Diet: Eat more greens.<|/branch|>" in tt
+    assert from_token_text(tt) == doc
+    assert [is_head(t) for t in ("1. x", "- x", "* x", "## x", "**x**", "__x__", "Cost:", "x", "3D art", "*args", "#tag")] == [
+        True, True, True, True, True, True, True, False, False, False, False]

@@ -25,8 +25,8 @@ Whitespace rules (exact; `parse(render(doc)) == doc.normalized()` for every vali
   "\\r\\n") directly before `<branchgroup>` and ONE "\\n" directly after `</branchgroup>`, where present.
   Between `<branchgroup>`, the branches and `</branchgroup>` only whitespace is allowed, and it is
   dropped. Titles are unescaped and stripped of surrounding whitespace. Empty serial text is dropped.
-- `flatten` joins the serial texts and the non-empty branch bodies of the normalised document, in order,
-  with "\\n". For markup whose tags sit on their own lines this gives back the original text exactly;
+- `flatten` joins the serial texts and the non-empty visible branches (`Branch.visible`: a head title and its
+  body, or the body alone under a hidden label) of the normalised document, in order, with "\\n". For markup whose tags sit on their own lines this gives back the original text exactly;
   otherwise it is equal up to whitespace (`same_text`).
 
 Normalised form (`Document.normalized`): adjacent Serial segments concatenated, empty ones dropped,
@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from aspd.tokens import DEFAULT_TOKENS, SpecialTokens
+from aspd.tokens import DEFAULT_TOKENS, SpecialTokens, is_head
 
 __all__ = [
     "TITLE_SEPARATOR",
@@ -54,8 +54,10 @@ __all__ = [
     "Segment",
     "Serial",
     "abn",
+    "branch_body",
     "dp",
     "flatten",
+    "is_head",
     "from_token_text",
     "parallel_stats",
     "parse",
@@ -76,8 +78,21 @@ class Serial:
 
 @dataclass(frozen=True)
 class Branch:
+    """One branch. A head title (`is_head`: `1. **Diet**:`) is shown, and `text` continues right after it
+    (leading whitespace kept: " Eat more..."); any other title is a hidden label and `text` is the whole body."""
+
     title: str
     text: str
+
+    @property
+    def visible(self) -> str:
+        """What the reader sees of this branch."""
+        return self.title.strip() + self.text if is_head(self.title) else self.text
+
+
+def branch_body(title: str, text: str) -> str:
+    """A decoded branch body in markup form: after a head its leading whitespace is content; else stripped."""
+    return text.rstrip() if is_head(title) else text.strip()
 
 
 @dataclass(frozen=True)
@@ -405,13 +420,14 @@ def _render_segment(seg: Segment) -> str:
 
 
 def flatten(doc: Document) -> str:
-    """The answer without markup: serial texts and non-empty branch bodies of the normalised doc, "\\n"-joined."""
+    """The answer without markup: serial texts and non-empty visible branches (head + body) of the
+    normalised doc, "\\n"-joined."""
     pieces: list[str] = []
     for seg in doc.normalized().segments:
         if isinstance(seg, Serial):
             pieces.append(seg.text)
         else:
-            pieces.extend(b.text for b in seg.branches if b.text)
+            pieces.extend(v for b in seg.branches if (v := b.visible))
     return "\n".join(pieces)
 
 
@@ -433,7 +449,12 @@ def similarity(a: str, b: str) -> float:
 # Model token format (as text; ids-level tokenization lives elsewhere)
 
 TITLE_SEPARATOR = ": "
-"""Between a branch's title and its body in the token format: `<|branch|>T: body<|/branch|>`."""
+"""Between a label title and its body in the token format: `<|branch|>T: body<|/branch|>`. A head title is
+followed by its body directly (`<|branch|>1. **Diet**: Eat more<|/branch|>`, the body being " Eat more")."""
+
+
+def _separator(title: str) -> str:
+    return "" if is_head(title) else TITLE_SEPARATOR
 
 
 def _check_tokens(tokens: SpecialTokens) -> None:
@@ -470,7 +491,7 @@ def to_token_text(doc: Document, tokens: SpecialTokens = DEFAULT_TOKENS) -> str:
         out.extend(f"{tokens.title}{b.title}{tokens.title_end}" for b in seg.branches)
         out.append(tokens.para)
         out.extend(
-            f"{tokens.branch}{b.title}{TITLE_SEPARATOR}{b.text}{tokens.branch_end}" for b in seg.branches
+            f"{tokens.branch}{b.title}{_separator(b.title)}{b.text}{tokens.branch_end}" for b in seg.branches
         )
         out.append(tokens.para_end)
     text = "".join(out)
@@ -489,7 +510,7 @@ def from_token_text(text: str, tokens: SpecialTokens = DEFAULT_TOKENS) -> Docume
     """Parse the token format strictly back into a normalised Document.
 
     Titles must be announced (>= 2, non-empty, unique) before `<|para|>`, then the branches must follow in
-    the announced order, each starting with its title + ": ". No text may stand between the control tokens
+    the announced order, each starting with its title + ": " (a head title: the title alone). No text may stand between the control tokens
     of a group. Serial text is kept verbatim.
     """
     _check_tokens(tokens)
@@ -584,7 +605,7 @@ def from_token_text(text: str, tokens: SpecialTokens = DEFAULT_TOKENS) -> Docume
             if k + 1 >= n or toks[k + 1][2] != "branch_end":
                 raise error(f"unclosed {tokens.branch}", pos)
             stop, prev_end, _ = toks[k + 1]
-            prefix = raw + TITLE_SEPARATOR
+            prefix = raw + _separator(raw)
             if not text.startswith(prefix, start, stop):
                 raise error(
                     f"branch {b + 1} must start with its announced title {prefix!r} (branches follow the titles in order)",

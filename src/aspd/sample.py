@@ -10,8 +10,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from aspd.layout import Kind, Span
-from aspd.markup import Document, Group, MarkupError, Serial, flatten, from_token_text, parse
-from aspd.tokens import ControlIds, branch_prefix_ids, text_ids
+from aspd.markup import (
+    Branch,
+    Document,
+    Group,
+    MarkupError,
+    Serial,
+    branch_body,
+    flatten,
+    from_token_text,
+    parse,
+)
+from aspd.tokens import ControlIds, branch_prefix_ids, is_head, text_ids
 
 Message = dict[str, str]
 
@@ -59,16 +69,17 @@ def answer_spans(tokenizer: Any, ctrl: ControlIds, doc: Document, *, first_group
         spans.append(Span(Kind.PARA, [ctrl.para]))
         for b, br in enumerate(seg.branches):
             spans.append(Span(Kind.PREFIX, branch_prefix_ids(tokenizer, ctrl, br.title), g, b))
-            spans.append(Span(Kind.BODY, body_ids(tokenizer, br.text), g, b))
+            spans.append(Span(Kind.BODY, body_ids(tokenizer, br), g, b))
             spans.append(Span(Kind.BRANCH_END, [ctrl.branch_end], g, b))
         spans.append(Span(Kind.PARA_END, [ctrl.para_end]))
         g += 1
     return spans
 
 
-def body_ids(tokenizer: Any, text: str) -> list[int]:
-    """A branch body follows "Title:" after one space."""
-    return text_ids(tokenizer, " " + text.strip())
+def body_ids(tokenizer: Any, branch: Branch) -> list[int]:
+    """A body follows a head verbatim (" Eat more", "\\n\\nText"), or a "Label:" after one space."""
+    body = branch_body(branch.title, branch.text)
+    return text_ids(tokenizer, body if is_head(branch.title) else " " + body)
 
 
 def chat_spans(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,9 +54,28 @@ def text_ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+# A list marker, a heading marker or bold at the start of a title.
+_HEAD = re.compile(r"(?:\d{1,3}[.)]|[-*+\u2022]|#{1,6})[ \t]|(?:\*\*|__)\S")
+
+
+def is_head(title: str) -> bool:
+    """Whether a title is shown to the reader as the start of its branch (a "head"), not a hidden label.
+
+    Heads start with a list, heading or bold marker or end with ':' (`1. **Diet**:`, `- Walk daily`, `## Sleep`,
+    `Cost:`). The main stream writes them before the group opens, seeing the earlier ones, so numbering and
+    bullets come out in reading order; the branch body continues after its head and never repeats it.
+    """
+    t = title.strip()
+    return bool(t) and (t.endswith(":") or _HEAD.match(t) is not None)
+
+
 def branch_prefix_ids(tokenizer: Any, ctrl: ControlIds, title: str) -> list[int]:
-    """`<|branch|>` + tok("Title:"): the engine feeds exactly these ids, and training lays out the same."""
-    return [ctrl.branch, *text_ids(tokenizer, f"{title.strip()}:")]
+    """`<|branch|>` + tok(head), or `<|branch|>` + tok("Label:") for a hidden label title.
+
+    The engine feeds exactly these ids, and training lays out the same.
+    """
+    t = title.strip()
+    return [ctrl.branch, *text_ids(tokenizer, t if is_head(t) else f"{t}:")]
 
 
 def add_control_tokens(tokenizer: Any, model: Any | None = None, names: SpecialTokens = DEFAULT_TOKENS) -> ControlIds:

@@ -229,7 +229,7 @@ def format_answer(doc: Any) -> str:
             lines.append(f"── parallel group {n} · {len(seg.branches)} branches ──")
             for b in seg.branches:
                 lines.append(f"  ┌ {b.title}")
-                lines.extend(f"  │ {line}".rstrip() for line in (b.text.splitlines() or [""]))
+                lines.extend(f"  │ {line}".rstrip() for line in (b.visible.strip().splitlines() or [""]))
             lines.append("  └")
         else:
             text = seg.text.strip("\n")

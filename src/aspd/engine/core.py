@@ -20,7 +20,7 @@ from aspd.engine.kv import DynamicKV, StaticKV, resolve_engine
 from aspd.engine.sampling import MAIN_STREAM, BatchSampler, SamplingParams, Stream, StreamSampler
 from aspd.engine.text import Detokenizer
 from aspd.layout import MAIN, MaskMode, PositionPlanner, PosMode
-from aspd.markup import Branch, Document, Group, MarkupError, Serial, flatten, render
+from aspd.markup import Branch, Document, Group, MarkupError, Serial, branch_body, flatten, render
 from aspd.pasta.tokens import PASTA_TAGS, PastaIds
 from aspd.sample import Message, end_of_turn_ids, prompt_ids
 from aspd.tokens import DEFAULT_TOKENS, ControlIds, add_control_tokens, branch_prefix_ids
@@ -489,7 +489,7 @@ class _Run:
             self.answer_ids.extend(x.ids)
         self.answer_ids.append(c.para_end)
         self.main_hist.append(c.para_end)
-        group = Group(tuple(Branch(x.title, e.tokenizer.decode(x.body, skip_special_tokens=False).strip())
+        group = Group(tuple(Branch(x.title, branch_body(x.title, e.tokenizer.decode(x.body, skip_special_tokens=False)))
                             for x in branches))
         self.segments.append(group)
         self.emit(Event("close", MAIN_STREAM, titles=tuple(titles)))

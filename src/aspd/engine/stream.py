@@ -14,15 +14,17 @@ from typing import Any
 
 from aspd.engine.core import MAIN_STREAM, Event, Generation, HybridEngine
 from aspd.engine.text import Detokenizer
+from aspd.markup import is_head
 
 
 class _Part:
-    """A piece of visible text; branch bodies are trimmed of outer whitespace as flatten() does."""
+    """A piece of visible text; branch bodies are trimmed as flatten() does (after a head: on the right only)."""
 
-    def __init__(self, tokenizer: Any, strip: bool):
+    def __init__(self, tokenizer: Any, strip: bool, head: str = ""):
         self.detok = Detokenizer(tokenizer)
         self.strip = strip
-        self.started = False
+        self.head = head  # shown before the first body text
+        self.started = bool(head)
         self.held = ""  # trailing whitespace not yet known to be inner
         self.shown = False  # has any of it reached the reader (decides the separator)
 
@@ -38,6 +40,8 @@ class _Part:
             self.started = True
         body = text.rstrip()
         self.held = text[len(body) :]
+        if self.head:
+            body, self.head = self.head + body, ""
         return body
 
 
@@ -74,7 +78,7 @@ class ReadingOrderView:
             self.serial = None
             if ev.kind == "done":
                 return out
-            self.branches = [_Part(self.tok, strip=True) for _ in ev.titles]
+            self.branches = [_Part(self.tok, strip=True, head=t.strip() if is_head(t) else "") for t in ev.titles]
             self.buffers = ["" for _ in ev.titles]
             self.finished, self.live = set(), 0
             return out

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from aspd.markup import Document, Group, MarkupError, Serial
+from aspd.markup import Document, Group, MarkupError, Serial, is_head
 from aspd.pasta.tokens import PASTA_TAGS
 
 __all__ = [
@@ -295,10 +295,12 @@ def from_aspd(doc: Document) -> PastaDoc:
             continue
         assert isinstance(seg, Group)
         body: list[Node] = []
-        for br in (b for b in seg.branches if b.text):
+        for br in (b for b in seg.branches if b.visible):
             if body:
                 body.append(Text("\n"))
-            body += _split(br.text, _branch_head(br.text, br.title))
+            # A head title is the branch's synchronous head by construction.
+            cut = len(br.title.strip()) if is_head(br.title) else _branch_head(br.text, br.title)
+            body += _split(br.visible, cut)
         if body:
             pieces.append([Scope(_merge(body))])
     nodes: list[Node] = []

@@ -148,7 +148,7 @@ def revert_groups(doc: Document, keep: list[bool]) -> Document:
                 pending = []
             out.append(seg)
         else:
-            pending.extend(b.text for b in seg.branches if b.text)
+            pending.extend(v for b in seg.branches if (v := b.visible))
         gi += 1
     if pending:
         out.append(Serial("\n".join(pending)))

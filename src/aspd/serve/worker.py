@@ -19,7 +19,7 @@ from typing import Any
 from aspd.engine.core import MAIN_STREAM, Event, Generation, HybridEngine, Limits, Stats
 from aspd.engine.sampling import SamplingParams
 from aspd.engine.stream import ReadingOrderView
-from aspd.markup import Branch, Document, Group, MarkupError, Serial, render
+from aspd.markup import Branch, Document, Group, MarkupError, Serial, branch_body, render
 from aspd.tokens import branch_prefix_ids
 
 log = logging.getLogger("aspd.serve")
@@ -167,7 +167,7 @@ class EventLog:
         for title, body in zip(self.titles, self.bodies, strict=True):
             self.ids += [*branch_prefix_ids(tok, c, title), *body]
             text_ids = body[:-1] if body and body[-1] == c.branch_end else body
-            branches.append(Branch(title, tok.decode(text_ids, skip_special_tokens=False).strip()))
+            branches.append(Branch(title, branch_body(title, tok.decode(text_ids, skip_special_tokens=False))))
         self.stats.forwards += max((len(b) for b in self.bodies), default=0)  # one per lockstep step
         if self.bodies and all(b and b[-1] == c.branch_end for b in self.bodies):
             self.ids.append(c.para_end)

@@ -95,7 +95,7 @@ class ChatBackend:
         from aspd.pipeline.prompts import independence_messages
 
         msgs = independence_messages(self.prompts, sample.messages, before, list(group.titles),
-                                     [b.text for b in group.branches])
+                                     [b.visible for b in group.branches])
         return await self._votes(msgs, k)
 
     async def integrity(self, sample: Any, candidate: Any, k: int) -> list[Any]:
