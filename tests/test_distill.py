@@ -27,7 +27,7 @@ def test_distill_answers_every_prompt_and_resumes(tiny, tmp_path):
     prompts, out = tmp_path / "p.jsonl", tmp_path / "out.jsonl"
     write_prompts(prompts, 5)
     args = ["distill", "--model", str(tiny), "--prompts", str(prompts), "--output", str(out), "--batch-size", "2",
-            "--max-new-tokens", "6", "--temperature", "0", "--device", "cpu"]
+            "--max-new-tokens", "6", "--temperature", "0", "--device", "cpu", "--keep-bad"]
     assert main(args) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["id"] for r in rows) == [f"p{i}" for i in range(5)]
@@ -47,3 +47,42 @@ def test_distill_names_bad_line(tiny, tmp_path, capsys):
     prompts.write_text('{"id": "a", "prompt": "ok"}\n{"id": "b"}\n')
     code = main(["distill", "--model", str(tiny), "--prompts", str(prompts), "--output", str(tmp_path / "o.jsonl")])
     assert code == 2 and "bad.jsonl:2" in capsys.readouterr().err
+
+
+def test_loop_reason_catches_repeats_but_not_prose_or_code():
+    from aspd.distill import loop_reason
+
+    prose = ("Sleep matters for memory. Exercise strengthens the heart and lungs over time. "
+             "A varied diet gives the body what it needs. Water keeps you alert during the day.")
+    assert loop_reason(prose) is None
+    looped = prose + " I hope this helps you stay healthy every day." * 3
+    assert "repeats 3 times" in loop_reason(looped)
+    code = "```python\n" + "print('this line is repeated on purpose here')\n" * 6 + "```\nDone."
+    assert loop_reason(code) is None
+    blocks = "\n\n".join(["**Tip**\nDrink water, sleep well, move often, and eat your greens."] * 40)
+    assert loop_reason(blocks) is not None
+
+
+def test_distill_with_a_system_prompt_drops_cut_answers(tiny, tmp_path):
+    """The system prompt steers generation but is not written; answers cut by the limit go to the dropped file."""
+    prompts, out = tmp_path / "p.jsonl", tmp_path / "out.jsonl"
+    write_prompts(prompts, 3)
+    base = ["distill", "--model", str(tiny), "--prompts", str(prompts), "--batch-size", "3",
+            "--max-new-tokens", "4", "--temperature", "0", "--device", "cpu", "--parallel-style"]
+    assert main([*base, "--output", str(out)]) == 0
+    dropped = [json.loads(line) for line in (tmp_path / "out.jsonl.dropped.jsonl").read_text().splitlines()]
+    kept = out.read_text().splitlines()
+    # A random tiny model never ends its turn within 4 tokens: every answer is cut, so none is kept.
+    assert not kept and sorted(r["id"] for r in dropped) == ["p0", "p1", "p2"]
+    assert all(r["drop"] == "length" and "system" not in r and "messages" not in r for r in dropped)
+    meta = json.loads((tmp_path / "out.jsonl.meta.json").read_text())
+    assert meta["system"].startswith("You are a careful")
+    assert main([*base, "--output", str(out), "--resume"]) == 0  # dropped ids count as done
+    assert not out.read_text() and len((tmp_path / "out.jsonl.dropped.jsonl").read_text().splitlines()) == 3
+    # --keep-bad writes them to the output instead; the system prompt changed what the model was given.
+    out2, out3 = tmp_path / "out2.jsonl", tmp_path / "out3.jsonl"
+    assert main([*base, "--output", str(out2), "--keep-bad"]) == 0
+    plain = [a for a in base if a != "--parallel-style"]
+    assert main([*plain, "--output", str(out3), "--keep-bad"]) == 0
+    answers = lambda p: {r["id"]: r["answer"] for r in map(json.loads, p.read_text().splitlines())}  # noqa: E731
+    assert len(answers(out2)) == 3 and answers(out2) != answers(out3)

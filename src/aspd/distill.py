@@ -1,18 +1,59 @@
-"""`aspd distill`: the target model answers a prompt set itself (batched), giving the non-invasive training targets.
+"""`aspd distill`: a model answers a prompt set (batched): the target itself (non-invasive targets) or a teacher.
 
-Output lines keep every input field and add `answer`; sampling settings go to OUT.meta.json. Runs append and
-flush per batch; a rerun with --resume skips ids already answered.
+Output lines keep every input field and add `answer` and `finish`; sampling settings go to OUT.meta.json. Runs
+append and flush per batch; a rerun with --resume skips ids already answered. Answers cut by the length limit
+or caught looping go to OUT.dropped.jsonl with the reason (unless --keep-bad), so OUT holds usable targets only.
+A teacher may be steered by a system prompt (`--system`, `--parallel-style`) that is not part of the sample.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
+import zlib
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from aspd.cli import CLIError
+
+PARALLEL_STYLE = (
+    "You are a careful, helpful assistant. If a question asks about several separate aspects, options, "
+    "reasons, steps or items that can each be explained on its own, shape the answer like this: one short "
+    "opening sentence; then one paragraph per aspect, each under a short bold title (for example **Cost**) and "
+    "written so that it makes sense without the other paragraphs (never refer to them); then one short closing "
+    "sentence. If the question has a single focus (a fact, a definition, a calculation, a piece of code, a "
+    "rewrite, a story or a poem), answer it plainly and directly, without that shape. Be accurate and concise."
+)
+"""The teacher's system prompt for answers that parallelise where the question invites it (issue 17)."""
+
+_FENCE = re.compile(r"^\s*(```|~~~)", re.MULTILINE)
+_SENTENCE = re.compile(r"[^.!?\n]+[.!?]?")
+
+
+def loop_reason(text: str) -> str | None:
+    """Why an answer reads as a generation loop, or None.
+
+    A prose sentence of six or more words that comes back three times, or a long answer that compresses far
+    better than prose does (repeated blocks). Code blocks are left out: code legitimately repeats lines.
+    """
+    lines, code = [], False
+    for line in text.splitlines():
+        if _FENCE.match(line):
+            code = not code
+        elif not code:
+            lines.append(line)
+    prose = "\n".join(lines)
+    counts = Counter(" ".join(s.split()).lower() for s in _SENTENCE.findall(prose) if len(s.split()) >= 6)
+    repeated = [s for s, n in counts.items() if n >= 3]
+    if repeated:
+        return f"a sentence repeats {counts[repeated[0]]} times: {repeated[0][:60]!r}"
+    raw = text.encode()
+    if len(raw) >= 1200 and len(zlib.compress(raw)) / len(raw) < 0.2:
+        return "repeated blocks (the answer compresses to under 20%)"
+    return None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,8 +71,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--resume", action="store_true", help="skip ids already in --output")
+    p.add_argument("--resume", action="store_true", help="skip ids already in --output (or its dropped file)")
+    p.add_argument("--system", default=None, metavar="TEXT|@FILE",
+                   help="a system prompt for generation only (not written to the records)")
+    p.add_argument("--parallel-style", action="store_true",
+                   help="the built-in teacher system prompt: multi-aspect answers as titled, self-contained paragraphs")
+    p.add_argument("--keep-bad", action="store_true",
+                   help="keep answers cut by the length limit or caught looping in --output (default: OUT.dropped.jsonl)")
     p.set_defaults(func=run)
+
+
+def system_prompt(args: argparse.Namespace) -> str | None:
+    if args.system and args.parallel_style:
+        raise CLIError("give --system or --parallel-style, not both")
+    if args.parallel_style:
+        return PARALLEL_STYLE
+    if args.system and args.system.startswith("@"):
+        try:
+            return Path(args.system[1:]).read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise CLIError(f"cannot read the system prompt: {e}") from e
+    return args.system
 
 
 def read_prompts(path: str, limit: int | None) -> list[tuple[dict[str, Any], list[dict[str, str]]]]:
@@ -78,10 +138,15 @@ def run(args: argparse.Namespace) -> int:
     from aspd.sample import end_of_turn_ids, prompt_ids
 
     out = Path(args.output)
+    dropped = Path(f"{out}.dropped.jsonl")
     if out.exists() and out.stat().st_size and not args.resume:
         raise CLIError(f"{out} exists; pass --resume to continue it")
-    skip = done_ids(out) if args.resume else set()
+    system = system_prompt(args)
+    skip = (done_ids(out) | done_ids(dropped)) if args.resume else set()
     items = [(o, m) for o, m in read_prompts(args.prompts, args.limit) if str(o["id"]) not in skip]
+    if system:  # steers generation only; the records keep the user's conversation
+        items = [(o, [{"role": "system", "content": system}, *[x for x in m if x["role"] != "system"]])
+                 for o, m in items]
     model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
     tok.padding_side = "left"
     pad = tok.pad_token_id if tok.pad_token_id is not None else end_of_turn_ids(tok)[0]
@@ -91,13 +156,15 @@ def run(args: argparse.Namespace) -> int:
                 "seed": args.seed, "do_sample": args.temperature > 0}
     cfg = GenerationConfig(pad_token_id=pad, eos_token_id=eot, **{k: v for k, v in sampling.items() if k != "seed"})
     meta = {"model": args.model, "prompts": args.prompts, "sampling": sampling, "dtype": str(model.dtype),
-            "device": str(model.device), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "device": str(model.device), "system": system, "keep_bad": args.keep_bad,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     Path(f"{out}.meta.json").write_text(json.dumps(meta, indent=2))
     encoded = [(o, prompt_ids(tok, m)) for o, m in items]
     encoded.sort(key=lambda x: len(x[1]))  # similar lengths per batch: less padding
     torch.manual_seed(args.seed)
-    t0, n_tok = time.perf_counter(), 0
-    with open(out, "a", encoding="utf-8") as f, tqdm(total=len(encoded), desc="distill", unit="prompt") as bar:
+    t0, n_tok, n_drop = time.perf_counter(), 0, Counter()
+    with (open(out, "a", encoding="utf-8") as f, open(dropped, "a", encoding="utf-8") as fd,
+          tqdm(total=len(encoded), desc="distill", unit="prompt") as bar):
         for i in range(0, len(encoded), args.batch_size):
             batch = encoded[i : i + args.batch_size]
             width = max(len(ids) for _, ids in batch)
@@ -114,9 +181,19 @@ def run(args: argparse.Namespace) -> int:
                 answer = tok.decode(row[:cut], skip_special_tokens=True).strip()
                 n_tok += cut
                 rec = {**obj, "answer": answer, "finish": "stop" if cut < len(row) else "length"}
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                why = "length" if rec["finish"] == "length" else ("loop" if loop_reason(answer) else None)
+                if why is None and not answer:
+                    why = "empty"
+                if why is not None and not args.keep_bad:
+                    n_drop[why] += 1
+                    fd.write(json.dumps({**rec, "drop": why}, ensure_ascii=False) + "\n")
+                else:
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             f.flush()
+            fd.flush()
             bar.update(len(batch))
     dt = time.perf_counter() - t0
-    print(json.dumps({"answered": len(encoded), "skipped": len(skip), "tokens": n_tok, "seconds": round(dt, 1)}))
+    print(json.dumps({"answered": len(encoded), "kept": len(encoded) - sum(n_drop.values()), "dropped": dict(n_drop),
+                      "skipped": len(skip), "tokens": n_tok, "seconds": round(dt, 1),
+                      "tokens_per_second": round(n_tok / dt, 1) if dt else 0.0}))
     return 0
