@@ -86,3 +86,17 @@ def test_distill_with_a_system_prompt_drops_cut_answers(tiny, tmp_path):
     assert main([*plain, "--output", str(out3), "--keep-bad"]) == 0
     answers = lambda p: {r["id"]: r["answer"] for r in map(json.loads, p.read_text().splitlines())}  # noqa: E731
     assert len(answers(out2)) == 3 and answers(out2) != answers(out3)
+
+
+def test_continuous_batching_gives_the_padded_batches_greedy_answers(tiny, tmp_path):
+    """--engine cb (transformers' continuous batching) answers exactly as left-padded generate does, greedily."""
+    prompts = tmp_path / "p.jsonl"
+    write_prompts(prompts, 5)
+    base = ["distill", "--model", str(tiny), "--prompts", str(prompts), "--batch-size", "5",
+            "--max-new-tokens", "7", "--temperature", "0", "--device", "cpu", "--keep-bad"]
+    got = {}
+    for engine in ("pad", "cb"):
+        out = tmp_path / f"{engine}.jsonl"
+        assert main([*base, "--engine", engine, "--output", str(out)]) == 0
+        got[engine] = {r["id"]: r["answer"] for r in map(json.loads, out.read_text().splitlines())}
+    assert len(got["cb"]) == 5 and got["cb"] == got["pad"]

@@ -14,6 +14,7 @@ import re
 import time
 import zlib
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", required=True, help="JSONL with {id, prompt|question|messages, context?}")
     p.add_argument("--output", required=True)
     p.add_argument("--limit", type=int, default=None, help="first N prompts only")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="rows per generate call (--engine pad)")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.8)
@@ -72,6 +73,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--resume", action="store_true", help="skip ids already in --output (or its dropped file)")
+    p.add_argument("--engine", choices=("auto", "cb", "pad"), default="auto",
+                   help="cb: transformers' continuous batching (no repetition penalty); pad: left-padded batches "
+                        "through generate; auto: cb on a GPU, else pad")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="stop cleanly after this long (finished answers are kept; --resume continues)")
     p.add_argument("--system", default=None, metavar="TEXT|@FILE",
                    help="a system prompt for generation only (not written to the records)")
     p.add_argument("--parallel-style", action="store_true",
@@ -130,7 +136,6 @@ def done_ids(path: Path) -> set[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
     from transformers import GenerationConfig
 
@@ -151,49 +156,102 @@ def run(args: argparse.Namespace) -> int:
     tok.padding_side = "left"
     pad = tok.pad_token_id if tok.pad_token_id is not None else end_of_turn_ids(tok)[0]
     eot = end_of_turn_ids(tok)
+    engine = args.engine if args.engine != "auto" else ("cb" if model.device.type == "cuda" else "pad")
     sampling = {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
-                "repetition_penalty": args.repetition_penalty, "max_new_tokens": args.max_new_tokens,
-                "seed": args.seed, "do_sample": args.temperature > 0}
+                "repetition_penalty": args.repetition_penalty if engine == "pad" else 1.0,
+                "max_new_tokens": args.max_new_tokens, "seed": args.seed, "do_sample": args.temperature > 0}
     cfg = GenerationConfig(pad_token_id=pad, eos_token_id=eot, **{k: v for k, v in sampling.items() if k != "seed"})
-    meta = {"model": args.model, "prompts": args.prompts, "sampling": sampling, "dtype": str(model.dtype),
-            "device": str(model.device), "system": system, "keep_bad": args.keep_bad,
+    meta = {"model": args.model, "prompts": args.prompts, "engine": engine, "sampling": sampling,
+            "dtype": str(model.dtype), "device": str(model.device), "system": system, "keep_bad": args.keep_bad,
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     Path(f"{out}.meta.json").write_text(json.dumps(meta, indent=2))
     encoded = [(o, prompt_ids(tok, m)) for o, m in items]
     encoded.sort(key=lambda x: len(x[1]))  # similar lengths per batch: less padding
-    torch.manual_seed(args.seed)
+    stops = set(eot) | {pad}
     t0, n_tok, n_drop = time.perf_counter(), 0, Counter()
+    deadline = t0 + args.time_budget if args.time_budget else None
+    gen = _generate_cb if engine == "cb" else _generate_padded
     with (open(out, "a", encoding="utf-8") as f, open(dropped, "a", encoding="utf-8") as fd,
           tqdm(total=len(encoded), desc="distill", unit="prompt") as bar):
-        for i in range(0, len(encoded), args.batch_size):
-            batch = encoded[i : i + args.batch_size]
-            width = max(len(ids) for _, ids in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            att = torch.zeros_like(ids)
-            for r, (_, p) in enumerate(batch):
-                ids[r, width - len(p) :] = torch.tensor(p)
-                att[r, width - len(p) :] = 1
-            with torch.no_grad():
-                gen = model.generate(input_ids=ids.to(model.device), attention_mask=att.to(model.device),
-                                     generation_config=cfg)
-            for (obj, _), row in zip(batch, gen[:, width:].tolist(), strict=True):
-                cut = next((k for k, t in enumerate(row) if t in eot or t == pad), len(row))
-                answer = tok.decode(row[:cut], skip_special_tokens=True).strip()
-                n_tok += cut
-                rec = {**obj, "answer": answer, "finish": "stop" if cut < len(row) else "length"}
-                why = "length" if rec["finish"] == "length" else ("loop" if loop_reason(answer) else None)
-                if why is None and not answer:
-                    why = "empty"
-                if why is not None and not args.keep_bad:
-                    n_drop[why] += 1
-                    fd.write(json.dumps({**rec, "drop": why}, ensure_ascii=False) + "\n")
-                else:
-                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            f.flush()
-            fd.flush()
-            bar.update(len(batch))
+        for obj, row in gen(model, encoded, cfg, args, deadline):
+            cut = next((k for k, t in enumerate(row) if t in stops), len(row))
+            answer = tok.decode(row[:cut], skip_special_tokens=True).strip()
+            n_tok += cut
+            rec = {**obj, "answer": answer, "finish": "stop" if cut < len(row) else "length"}
+            why = "length" if rec["finish"] == "length" else ("loop" if loop_reason(answer) else None)
+            if why is None and not answer:
+                why = "empty"
+            if why is not None and not args.keep_bad:
+                n_drop[why] += 1
+                fd.write(json.dumps({**rec, "drop": why}, ensure_ascii=False) + "\n")
+            else:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            bar.update(1)
+            if bar.n % 64 == 0:
+                f.flush()
+                fd.flush()
     dt = time.perf_counter() - t0
-    print(json.dumps({"answered": len(encoded), "kept": len(encoded) - sum(n_drop.values()), "dropped": dict(n_drop),
-                      "skipped": len(skip), "tokens": n_tok, "seconds": round(dt, 1),
+    done = bar.n
+    print(json.dumps({"engine": engine, "answered": done, "left": len(encoded) - done,
+                      "kept": done - sum(n_drop.values()), "dropped": dict(n_drop), "skipped": len(skip),
+                      "tokens": n_tok, "seconds": round(dt, 1),
                       "tokens_per_second": round(n_tok / dt, 1) if dt else 0.0}))
     return 0
+
+
+Encoded = list[tuple[dict[str, Any], list[int]]]
+
+
+def _generate_padded(model: Any, encoded: Encoded, cfg: Any, args: argparse.Namespace,
+                     deadline: float | None) -> Iterator[tuple[dict[str, Any], list[int]]]:
+    """Left-padded batches through `generate` (any device; the only path with a repetition penalty)."""
+    import torch
+
+    torch.manual_seed(args.seed)
+    for i in range(0, len(encoded), args.batch_size):
+        if deadline is not None and time.perf_counter() > deadline:
+            return
+        batch = encoded[i : i + args.batch_size]
+        width = max(len(ids) for _, ids in batch)
+        ids = torch.full((len(batch), width), cfg.pad_token_id, dtype=torch.long)
+        att = torch.zeros_like(ids)
+        for r, (_, p) in enumerate(batch):
+            ids[r, width - len(p) :] = torch.tensor(p)
+            att[r, width - len(p) :] = 1
+        with torch.no_grad():
+            gen = model.generate(input_ids=ids.to(model.device), attention_mask=att.to(model.device),
+                                 generation_config=cfg)
+        yield from zip((o for o, _ in batch), gen[:, width:].tolist(), strict=True)
+
+
+def _generate_cb(model: Any, encoded: Encoded, cfg: Any, args: argparse.Namespace,
+                 deadline: float | None) -> Iterator[tuple[dict[str, Any], list[int]]]:
+    """Transformers' continuous batching (paged cache, no padding, finished rows replaced at once): answers
+    come back as they finish. It has no repetition penalty; looping answers are dropped downstream."""
+    import dataclasses
+
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    fields = {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
+    opts: dict[str, Any] = {"seed": args.seed}
+    if model.device.type != "cuda":  # small, graph-free cache: the CPU path exists for tests
+        opts.update(num_blocks=64, max_batch_tokens=512, use_cuda_graph=False)
+    cb = ContinuousBatchingConfig(**{k: v for k, v in opts.items() if k in fields})
+    by_id = {f"r{i}": obj for i, (obj, _) in enumerate(encoded)}
+    with model.continuous_batching_context_manager(generation_config=cfg, continuous_batching_config=cb,
+                                                   block=True, timeout=10, warmup=model.device.type == "cuda") as m:
+        for i, (_, ids) in enumerate(encoded):
+            m.add_request(ids, request_id=f"r{i}", max_new_tokens=cfg.max_new_tokens)
+        left = len(encoded)
+        while left and (deadline is None or time.perf_counter() < deadline):
+            r = m.get_result(timeout=1)
+            if r is None:
+                if not m.is_running():
+                    raise CLIError("continuous batching stopped unexpectedly (see the log above)")
+                continue
+            if not r.is_finished():
+                continue
+            left -= 1
+            if r.error is not None:
+                raise CLIError(f"generation failed: {r.error}")
+            yield by_id[r.request_id], list(r.generated_tokens)
