@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aspd.cli import CLIError
+from aspd.jsonl import JsonlReader, RecordIds, read_appended, record_id
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,41 +32,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--resume", action="store_true", help="skip ids already in --output")
+    p.add_argument("--skip-bad-lines", action="store_true", help="report and skip bad prompt lines (file:line)")
     p.set_defaults(func=run)
 
 
-def read_prompts(path: str, limit: int | None) -> list[tuple[dict[str, Any], list[dict[str, str]]]]:
+def read_prompts(path: str, limit: int | None = None, *, skip_bad_lines: bool = False
+                 ) -> list[tuple[dict[str, Any], list[dict[str, str]]]]:
+    """(record, messages) per prompt; every record gets its id (made up when it has none, see RecordIds)."""
     from aspd.sample import record_messages
 
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                msgs, _ = record_messages(obj)
-            except (ValueError, KeyError, TypeError) as e:
-                raise CLIError(f"{path}:{lineno}: {e}") from e
-            obj.setdefault("id", str(lineno))
-            out.append((obj, msgs))
-            if limit is not None and len(out) >= limit:
-                break
-    return out
+    reader = JsonlReader(path, skip_bad_lines=skip_bad_lines, error=CLIError)
+    ids = RecordIds()
+    out: list[tuple[int, dict[str, Any], list[dict[str, str]]]] = []
+    for lineno, obj in reader:  # all of it, so made-up ids do not depend on --limit
+        try:
+            msgs, _ = record_messages(obj)
+            ids.add(obj, lineno)
+        except (ValueError, KeyError, TypeError) as e:
+            reader.bad(lineno, str(e))
+            continue
+        out.append((lineno, obj, msgs))
+    if not out:
+        raise reader.empty()
+    made_up = ids.made_up()
+    for lineno, obj, _ in out:
+        if "id" not in obj:
+            obj["id"] = made_up[lineno]
+    return [(obj, msgs) for _, obj, msgs in out[:limit]]
 
 
 def done_ids(path: Path) -> set[str]:
-    """Ids already written; a torn last line (a killed run) is dropped from the file."""
-    if not path.exists():
-        return set()
-    good, ids = [], set()
-    for line in path.read_text(encoding="utf-8").splitlines():
+    """Ids already written; a torn last line (a killed run) is cut off the file."""
+    ids = set()
+    for lineno, obj in read_appended(path, repair=True, error=CLIError):
         try:
-            ids.add(str(json.loads(line)["id"]))
-            good.append(line)
-        except (ValueError, KeyError):
-            break
-    path.write_text("".join(g + "\n" for g in good), encoding="utf-8")
+            rid = record_id(obj) if isinstance(obj, dict) else None
+        except ValueError:
+            rid = None
+        if rid is None:
+            raise CLIError(f"{path}:{lineno}: not an output line with an id; fix or remove it before resuming")
+        ids.add(rid)
     return ids
 
 
@@ -80,8 +86,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and out.stat().st_size and not args.resume:
         raise CLIError(f"{out} exists; pass --resume to continue it")
+    prompts = read_prompts(args.prompts, args.limit, skip_bad_lines=args.skip_bad_lines)
     skip = done_ids(out) if args.resume else set()
-    items = [(o, m) for o, m in read_prompts(args.prompts, args.limit) if str(o["id"]) not in skip]
+    items = [(o, m) for o, m in prompts if str(o["id"]) not in skip]
     model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
     tok.padding_side = "left"
     pad = tok.pad_token_id if tok.pad_token_id is not None else end_of_turn_ids(tok)[0]
