@@ -40,17 +40,18 @@ def is_gzip(path: str | Path) -> bool:
         return f.read(2) == GZIP_MAGIC
 
 
-def decode_line(raw: bytes | str, lineno: int = 2) -> Any:
-    """One line's JSON value; ValueError saying what is wrong (not UTF-8, not JSON). Line 1 may start with a BOM."""
+def decode_line(raw: bytes | str, *, first: bool = False) -> Any:
+    """One line's JSON value; ValueError saying what is wrong (not UTF-8, not JSON). A first line may start
+    with a BOM."""
     if isinstance(raw, bytes):
-        if lineno == 1 and raw.startswith(BOM):
+        if first and raw.startswith(BOM):
             raw = raw[len(BOM):]
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as e:
             raise ValueError(f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1}); "
                              "save the file as UTF-8") from None
-    elif lineno == 1:
+    elif first:
         raw = raw.removeprefix("\ufeff")
     try:
         return json.loads(raw)
@@ -121,7 +122,7 @@ class JsonlReader:
                 continue
             self.lines += 1
             try:
-                value = decode_line(raw, lineno)
+                value = decode_line(raw, first=lineno == 1)
             except ValueError as e:
                 self.bad(lineno, str(e))
                 continue
@@ -159,7 +160,7 @@ def read_appended(path: str | Path, *, repair: bool = False, report: Report = wa
     for i, raw in enumerate(pieces):
         if raw.strip():
             try:
-                out.append((i + 1, decode_line(raw, i + 1)))
+                out.append((i + 1, decode_line(raw, first=i == 0)))
             except ValueError as e:
                 if i != last:
                     raise error(f"{path}:{i + 1}: {e}") from None
