@@ -1,5 +1,6 @@
 """Self-distillation: batched answers for a prompt file, resumable, torn lines repaired, bad lines named."""
 
+import gzip
 import json
 
 import pytest
@@ -100,3 +101,21 @@ def test_continuous_batching_gives_the_padded_batches_greedy_answers(tiny, tmp_p
         assert main([*base, "--engine", engine, "--output", str(out)]) == 0
         got[engine] = {r["id"]: r["answer"] for r in map(json.loads, out.read_text().splitlines())}
     assert len(got["cb"]) == 5 and got["cb"] == got["pad"]
+
+
+def test_distill_skip_bad_lines_and_made_up_ids_survive_resume(tiny, tmp_path, capsys):
+    prompts, out = tmp_path / "p.jsonl.gz", tmp_path / "out.jsonl"
+    lines = [json.dumps({"id": 2, "prompt": "Real id 2."}).encode(), json.dumps({"prompt": "No id."}).encode(),
+             json.dumps({"id": None, "prompt": "Null id."}).encode(), b'{"id": "x", "prompt": "Caf\xe9"}']
+    prompts.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+    args = ["distill", "--model", str(tiny), "--prompts", str(prompts), "--output", str(out),
+            "--max-new-tokens", "2", "--temperature", "0", "--device", "cpu", "--keep-bad"]
+    assert main(args) == 2
+    assert f"{prompts}:3: 'id' must be a non-empty string or an integer, got null" in capsys.readouterr().err
+    assert main([*args, "--skip-bad-lines"]) == 0
+    err = capsys.readouterr().err
+    assert f"skipping {prompts}:3:" in err and f"skipping {prompts}:4: not valid UTF-8" in err
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert sorted(map(str, ids)) == ["2", "line-2"]
+    assert main([*args, "--skip-bad-lines", "--resume"]) == 0
+    assert len(out.read_text().splitlines()) == 2  # nothing answered twice

@@ -58,7 +58,7 @@ def test_annotate_keeps_or_drops_lines_without_lists(tmp_path):
 
 
 @pytest.mark.parametrize("bad, message", [
-    ("{not json", "bad.jsonl:2: not JSON"),
+    ("{not json", "bad.jsonl:2: not valid JSON"),
     (json.dumps({"question": "q", "answer": "<scope>a<promise/>b</scope>"}), "bad.jsonl:2: 1:9: <promise/>"),
     (json.dumps({"question": "q"}), "bad.jsonl:2: needs a non-empty 'answer'"),
     (json.dumps(["a list"]), "bad.jsonl:2: line is not a JSON object"),
@@ -83,7 +83,7 @@ def test_filter_keeps_annotations_worth_it(tiny_folder, tmp_path, capsys):
     code = cli_main(["pasta", "filter", "--model", str(tiny_folder), "--data", data, "--out", str(out),
                      "--max-changed", "1", "--min-gain", "0.2"])
     assert code == 0
-    assert out.read_text() == json.dumps(rows[0]) + "\n"  # accepted lines verbatim
+    assert out.read_text() == json.dumps(rows[0]) + "\n"  # accepted records as they came
     assert "accepted 1 of 2 line(s)" in capsys.readouterr().err
     # A strict change limit rejects everything; a bad line stops before the model loads.
     assert cli_main(["pasta", "filter", "--model", str(tiny_folder), "--data", data, "--out", str(out),

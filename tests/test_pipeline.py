@@ -419,7 +419,7 @@ def test_judge_exception_counts_as_failed_votes() -> None:
 
 def test_sample_from_record_formats() -> None:
     s = sample_from_record({"prompt": "Rewrite this.", "context": "It are fine.", "answer": "It is fine."}, 3)
-    assert s.id == "3" and s.messages == [{"role": "user", "content": "Rewrite this.\n\nIt are fine."}]
+    assert s.id == "line-3" and s.messages == [{"role": "user", "content": "Rewrite this.\n\nIt are fine."}]
     s = sample_from_record({"id": "x", "system": "Be brief.", "history": [{"question": "Hi", "answer": "Hello"}],
                             "instruction": "Name a colour.", "answer": "Blue."}, 1)
     assert [m["role"] for m in s.messages] == ["system", "user", "assistant", "user"]
@@ -441,16 +441,16 @@ def test_read_samples_reports_bad_lines(tmp_path: Path) -> None:
     p = write_lines(tmp_path / "in.jsonl", [
         {"id": "a", "question": "Q", "answer": "A"},
         "{not json",
-        {"question": "Q", "answer": "A"},  # no id: its line number
+        {"question": "Q", "answer": "A"},  # no id: one made from its line number
         "",
         {"id": "a", "question": "Q2", "answer": "A2"},  # duplicate id
         {"id": "b", "question": "Q"},  # no answer
     ])
     msgs: list[str] = []
     r = read_samples(p, report=msgs.append)
-    assert [s.id for s in r.samples] == ["a", "3"]
+    assert [s.id for s in r.samples] == ["a", "line-3"]
     assert r.bad_lines == 3 and r.duplicates == 1
-    assert any(f"{p}:2: invalid JSON" in m for m in msgs)
+    assert any(f"{p}:2: not valid JSON" in m for m in msgs)
     assert any(f"{p}:5: duplicate id 'a' (first at line 1)" in m for m in msgs)
     assert any(f"{p}:6: needs a non-empty string 'answer'" in m for m in msgs)
     with pytest.raises(InputError, match=r"in\.jsonl:2:"):

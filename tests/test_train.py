@@ -119,7 +119,7 @@ def test_bad_lines_name_file_and_line(tmp_path, capsys):
         read_records(p)
     recs = read_records(p, on_error="skip")
     assert len(recs) == 1
-    err = capsys.readouterr().out
+    err = capsys.readouterr().err
     assert "bad.jsonl:2" in err and "bad.jsonl:3" in err
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from aspd.cli import CLIError
+from aspd.jsonl import JsonlReader, RecordIds, read_appended, record_id
 
 PARALLEL_STYLE = (
     "You are a careful, helpful assistant. If a question asks about several separate aspects, options, "
@@ -84,6 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the built-in teacher system prompt: multi-aspect answers as titled, self-contained paragraphs")
     p.add_argument("--keep-bad", action="store_true",
                    help="keep answers cut by the length limit or caught looping in --output (default: OUT.dropped.jsonl)")
+    p.add_argument("--skip-bad-lines", action="store_true", help="report and skip bad prompt lines (file:line)")
     p.set_defaults(func=run)
 
 
@@ -100,38 +102,42 @@ def system_prompt(args: argparse.Namespace) -> str | None:
     return args.system
 
 
-def read_prompts(path: str, limit: int | None) -> list[tuple[dict[str, Any], list[dict[str, str]]]]:
+def read_prompts(path: str, limit: int | None = None, *, skip_bad_lines: bool = False
+                 ) -> list[tuple[dict[str, Any], list[dict[str, str]]]]:
+    """(record, messages) per prompt; every record gets its id (made up when it has none, see RecordIds)."""
     from aspd.sample import record_messages
 
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                msgs, _ = record_messages(obj)
-            except (ValueError, KeyError, TypeError) as e:
-                raise CLIError(f"{path}:{lineno}: {e}") from e
-            obj.setdefault("id", str(lineno))
-            out.append((obj, msgs))
-            if limit is not None and len(out) >= limit:
-                break
-    return out
+    reader = JsonlReader(path, skip_bad_lines=skip_bad_lines, error=CLIError)
+    ids = RecordIds()
+    out: list[tuple[int, dict[str, Any], list[dict[str, str]]]] = []
+    for lineno, obj in reader:  # all of it, so made-up ids do not depend on --limit
+        try:
+            msgs, _ = record_messages(obj)
+            ids.add(obj, lineno)
+        except (ValueError, KeyError, TypeError) as e:
+            reader.bad(lineno, str(e))
+            continue
+        out.append((lineno, obj, msgs))
+    if not out:
+        raise reader.empty()
+    made_up = ids.made_up()
+    for lineno, obj, _ in out:
+        if "id" not in obj:
+            obj["id"] = made_up[lineno]
+    return [(obj, msgs) for _, obj, msgs in out[:limit]]
 
 
 def done_ids(path: Path) -> set[str]:
-    """Ids already written; a torn last line (a killed run) is dropped from the file."""
-    if not path.exists():
-        return set()
-    good, ids = [], set()
-    for line in path.read_text(encoding="utf-8").splitlines():
+    """Ids already written; a torn last line (a killed run) is cut off the file."""
+    ids = set()
+    for lineno, obj in read_appended(path, repair=True, error=CLIError):
         try:
-            ids.add(str(json.loads(line)["id"]))
-            good.append(line)
-        except (ValueError, KeyError):
-            break
-    path.write_text("".join(g + "\n" for g in good), encoding="utf-8")
+            rid = record_id(obj) if isinstance(obj, dict) else None
+        except ValueError:
+            rid = None
+        if rid is None:
+            raise CLIError(f"{path}:{lineno}: not an output line with an id; fix or remove it before resuming")
+        ids.add(rid)
     return ids
 
 
@@ -147,8 +153,9 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and out.stat().st_size and not args.resume:
         raise CLIError(f"{out} exists; pass --resume to continue it")
     system = system_prompt(args)
+    prompts = read_prompts(args.prompts, args.limit, skip_bad_lines=args.skip_bad_lines)
     skip = (done_ids(out) | done_ids(dropped)) if args.resume else set()
-    items = [(o, m) for o, m in read_prompts(args.prompts, args.limit) if str(o["id"]) not in skip]
+    items = [(o, m) for o, m in prompts if str(o["id"]) not in skip]
     if system:  # steers generation only; the records keep the user's conversation
         items = [(o, [{"role": "system", "content": system}, *[x for x in m if x["role"] != "system"]])
                  for o, m in items]

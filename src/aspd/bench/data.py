@@ -9,11 +9,13 @@ loads as is (one turn each, ids = line numbers); `aspd bench exact` scores its a
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from aspd.jsonl import JsonlReader, iter_jsonl
 
 # --bench shortcuts -> file names inside the bench directory
 BENCHES = {"vicuna": "vicuna_bench.jsonl", "mt": "mt_bench.jsonl", "rag": "rag_bench.jsonl"}
@@ -76,18 +78,16 @@ def _turns(obj: dict[str, object]) -> tuple[str, ...] | str:
     return "needs 'turns' (a list of user messages) or a 'question' string"
 
 
-def parse_questions(lines: Sequence[str], source: str = "<questions>") -> list[Question]:
+def parse_questions(lines: Iterable[str | bytes], source: str = "<questions>") -> list[Question]:
     """Questions from JSONL text; any problem raises BenchDataError naming `source:line`."""
+    return _questions(JsonlReader(lines, name=source, error=BenchDataError))
+
+
+def _questions(reader: JsonlReader) -> list[Question]:
     out: list[Question] = []
     seen: dict[str, int] = {}
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{source}:{n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BenchDataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    for n, obj in reader:
+        where = f"{reader.name}:{n}"
         if not isinstance(obj, dict):
             raise BenchDataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         turns = _turns(obj)
@@ -99,22 +99,19 @@ def parse_questions(lines: Sequence[str], source: str = "<questions>") -> list[Q
         seen[qid] = n
         out.append(Question(qid, str(obj.get("category") or "general"), turns))
     if not out:
-        raise BenchDataError(f"{source}: no questions")
+        raise BenchDataError(f"{reader.name}: no questions")
     return out
 
 
-def read_lines(path: Path, what: str) -> list[str]:
-    """The lines of a text file; one that cannot be read raises BenchDataError naming `what` and the path."""
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise BenchDataError(f"cannot read {what} {path}: {e}") from None
+def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) per line of a JSONL or JSONL.gz file; BenchDataError names the file (and line)."""
+    return iter_jsonl(path, error=BenchDataError)
 
 
 def load_questions(path: str | Path, *, limit: int | None = None, categories: Sequence[str] = ()) -> list[Question]:
     """Read a question file; `categories` keeps only those, then `limit` keeps the first N."""
     p = Path(path)
-    qs = parse_questions(read_lines(p, "questions"), str(p))
+    qs = _questions(JsonlReader(p, error=BenchDataError))
     if categories:
         qs = [q for q in qs if q.category in categories]
         if not qs:

@@ -9,13 +9,12 @@ numerically (|a - b| <= 1e-6). Only first-turn rows are scored.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aspd.bench.data import BenchDataError, read_lines
+from aspd.bench.data import BenchDataError, read_jsonl
 
 _NUM = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?|-?\.\d+")
 TOLERANCE = 1e-6
@@ -41,15 +40,8 @@ def gold_number(answer: str) -> float | None:
 def load_gold(path: str | Path) -> dict[str, float]:
     """question id -> gold number; raises BenchDataError naming the file and line of any bad record."""
     p = Path(path)
-    lines = read_lines(p, "gold file")
     out: dict[str, float] = {}
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BenchDataError(f"{p}:{n}: not valid JSON ({e.msg})") from None
+    for n, obj in read_jsonl(p):
         if not isinstance(obj, dict) or not isinstance(obj.get("answer"), str):
             raise BenchDataError(f"{p}:{n}: needs an 'answer' string")
         value = gold_number(obj["answer"])

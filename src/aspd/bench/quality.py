@@ -20,14 +20,13 @@ up to `retries` more times, then the row is recorded as failed with score None a
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aspd.bench.data import BenchDataError, read_lines
+from aspd.bench.data import BenchDataError, read_jsonl
 
 REF_CATEGORIES = frozenset({"math", "reasoning", "coding"})  # MT-Bench's NEED_REF_CATS (minus arena-hard)
 PROMPT_NAMES = ("single-v1", "single-math-v1", "single-v1-multi-turn", "single-math-v1-multi-turn")
@@ -75,12 +74,8 @@ def load_judge_prompts(path: str | Path) -> dict[str, JudgePrompt]:
     """The single-answer prompts in a FastChat judge_prompts.jsonl, by name (all four must be there)."""
     p = Path(path)
     out: dict[str, JudgePrompt] = {}
-    lines = read_lines(p, "judge prompts")
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for n, obj in read_jsonl(p):
         try:
-            obj = json.loads(line)
             if obj.get("name") in PROMPT_NAMES:
                 out[obj["name"]] = JudgePrompt(obj["name"], obj["system_prompt"], obj["prompt_template"])
         except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -95,12 +90,8 @@ def load_references(path: str | Path) -> dict[str, list[str]]:
     """question id (as a string) -> reference turns, from a FastChat reference_answer/*.jsonl."""
     p = Path(path)
     out: dict[str, list[str]] = {}
-    lines = read_lines(p, "reference answers")
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for n, obj in read_jsonl(p):
         try:
-            obj = json.loads(line)
             turns = obj["choices"][0]["turns"]
             if not all(isinstance(t, str) for t in turns):
                 raise TypeError("turns are not strings")

@@ -23,6 +23,7 @@ import torch
 from aspd.bench.data import Question
 from aspd.engine.core import MODES, Generation, HybridEngine, Limits
 from aspd.engine.sampling import SamplingParams
+from aspd.jsonl import read_appended
 
 Row = dict[str, Any]
 
@@ -220,23 +221,17 @@ class PartialRun:
 
     def load(self, questions: Sequence[Question], n_specs: int) -> list[Row]:
         """Rows of the finished questions; ValueError if the file was written with other settings."""
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        try:
-            header = json.loads(lines[0])["partial_run"] if lines else None
-        except (json.JSONDecodeError, KeyError, TypeError):
-            header = None
-        if header is None:
+        lines = [obj for _, obj in read_appended(self.path)]  # drops the torn last line of a killed run
+        header = lines[0].get("partial_run") if lines and isinstance(lines[0], dict) else None
+        if not isinstance(header, dict):
             raise ValueError(f"{self.path} is not a partial run (no header line)")
         if header != self.header:
             diff = sorted(k for k in {*header, *self.header} if header.get(k) != self.header.get(k))
             raise ValueError(f"{self.path} was written with other settings ({', '.join(diff)}); "
                              "resume with the same ones, or remove it")
-        rows: list[Row] = []
-        for line in lines[1:]:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # the torn last line of a killed run
+        rows: list[Row] = lines[1:]
+        if not all(isinstance(r, dict) and "id" in r for r in rows):
+            raise ValueError(f"{self.path} holds a line that is not a result row; remove it to start over")
         need = {q.id: len(q.turns) * n_specs for q in questions}
         count: dict[str, int] = {}
         for r in rows:

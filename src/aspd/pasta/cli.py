@@ -32,6 +32,7 @@ def register(sub: Any) -> None:
     def io(q: argparse.ArgumentParser) -> None:
         q.add_argument("--data", required=True, help="input JSONL")
         q.add_argument("--out", required=True, help="output JSONL (written whole, or not at all)")
+        q.add_argument("--skip-bad-lines", action="store_true", help="report and skip bad lines (file:line)")
 
     c = cmds.add_parser("convert", help="ASPD markup -> PASTA markup (one scope per group)")
     io(c)
@@ -71,28 +72,6 @@ def answer_of(obj: Any) -> tuple[list[dict[str, str]], str, Setter]:
     return msgs, final, lambda text: last.__setitem__("content", text)
 
 
-def read_jsonl(path: str) -> list[tuple[int, str, dict[str, Any]]]:
-    """(line number, raw line, object) per non-blank line; a CLIError names file:line on bad JSON."""
-    from aspd.cli import CLIError
-
-    out = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError as e:
-                    raise CLIError(f"{path}:{lineno}: not JSON: {e}") from e
-                if not isinstance(obj, dict):
-                    raise CLIError(f"{path}:{lineno}: line is not a JSON object")
-                out.append((lineno, line.rstrip("\r\n"), obj))
-    except OSError as e:
-        raise CLIError(f"cannot read {path}: {e}") from e
-    return out
-
-
 def write_lines(path: str, lines: list[str]) -> None:
     """All lines or nothing: a temp file beside the target, renamed over it at the end."""
     p = Path(path)
@@ -106,16 +85,22 @@ def write_lines(path: str, lines: list[str]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _each(path: str, fn: Callable[[dict[str, Any], list[dict[str, str]], str, Setter], Any]) -> list[Any]:
-    """fn(obj, messages, answer, setter) for every line; any error becomes a CLIError naming file:line."""
+def _each(args: argparse.Namespace, fn: Callable[[dict[str, Any], list[dict[str, str]], str, Setter], Any]
+          ) -> list[tuple[dict[str, Any], Any]]:
+    """(obj, fn(obj, messages, answer, setter)) for every line of --data; a bad line is a CLIError naming
+    file:line, or with --skip-bad-lines is reported and left out. A file with no usable line is an error."""
     from aspd.cli import CLIError
+    from aspd.jsonl import JsonlReader
 
+    reader = JsonlReader(args.data, skip_bad_lines=args.skip_bad_lines, error=CLIError)
     out = []
-    for lineno, raw, obj in read_jsonl(path):
+    for lineno, obj in reader:
         try:
-            out.append((raw, obj, fn(obj, *answer_of(obj))))
+            out.append((obj, fn(obj, *answer_of(obj))))
         except (ValueError, KeyError, TypeError) as e:  # MarkupError and PastaError are ValueErrors
-            raise CLIError(f"{path}:{lineno}: {e}") from e
+            reader.bad(lineno, str(e))
+    if not out:
+        raise reader.empty()
     return out
 
 
@@ -142,9 +127,9 @@ def run_convert(args: argparse.Namespace) -> int:
         put(render(doc))
         return promises(doc)
 
-    done = _each(args.data, convert)
-    write_lines(args.out, [_dump(obj) for _raw, obj, _n in done])
-    print(f"aspd pasta convert: {len(done)} line(s), {sum(n > 0 for *_, n in done)} with async spans",
+    done = _each(args, convert)
+    write_lines(args.out, [_dump(obj) for obj, _n in done])
+    print(f"aspd pasta convert: {len(done)} line(s), {sum(n > 0 for _, n in done)} with async spans",
           file=sys.stderr)
     return 0
 
@@ -163,10 +148,10 @@ def run_annotate(args: argparse.Namespace) -> int:
         put(render(doc))
         return True
 
-    done = _each(args.data, annotate)
-    kept = [_dump(obj) for _raw, obj, par in done if par or not args.only_parallel]
+    done = _each(args, annotate)
+    kept = [_dump(obj) for obj, par in done if par or not args.only_parallel]
     write_lines(args.out, kept)
-    print(f"aspd pasta annotate: {sum(p for *_, p in done)} of {len(done)} line(s) annotated, {len(kept)} written",
+    print(f"aspd pasta annotate: {sum(p for _, p in done)} of {len(done)} line(s) annotated, {len(kept)} written",
           file=sys.stderr)
     return 0
 
@@ -180,15 +165,15 @@ def run_filter(args: argparse.Namespace) -> int:
     if not 0.0 <= args.max_changed <= 1.0:
         raise CLIError("--max-changed must be between 0 and 1")
     # Every line is parsed before the model loads: a bad line fails fast, and nothing is written.
-    samples = _each(args.data, lambda _obj, msgs, text, _put: (msgs, pasta_doc(text)))
+    samples = _each(args, lambda _obj, msgs, text, _put: (msgs, pasta_doc(text)))
     model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
     tags = add_pasta_tokens(tok, model)  # a model trained without them gets rows at the mean embedding
     kept, changed, gain = [], 0.0, 0.0
-    for raw, _obj, (msgs, doc) in samples:
+    for obj, (msgs, doc) in samples:
         r = evaluate(model, tok, tags, msgs, doc, max_changed=args.max_changed, min_gain=args.min_gain)
         changed, gain = changed + r.changed, gain + r.gain
         if r.accepted:
-            kept.append(raw)
+            kept.append(_dump(obj))
     write_lines(args.out, kept)
     n = max(len(samples), 1)
     print(f"aspd pasta filter: accepted {len(kept)} of {len(samples)} line(s); mean changed share "

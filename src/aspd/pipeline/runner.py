@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aspd.jsonl import JsonlReader, RecordIds, line_id, read_appended, record_id
 from aspd.pipeline.stages import StageConfig, process_sample
 from aspd.pipeline.types import Judge, Rewriter, Sample
 from aspd.sample import record_messages
@@ -43,23 +44,17 @@ def _stderr(message: str) -> None:
 def sample_from_record(obj: Any, lineno: int) -> Sample:
     """One input object as a Sample. Accepted: {id?, messages, answer?} (a final assistant turn is the
     answer when `answer` is absent) or {id?, question|prompt|instruction, context|input?, system?,
-    history?: [{question, answer}], answer}, as `aspd train` reads them. No id: the line number."""
+    history?: [{question, answer}], answer}, as `aspd train` reads them. No id: `line-N` (see RecordIds)."""
     if not isinstance(obj, dict):
         raise ValueError("line is not a JSON object")
-    raw_id = obj.get("id")
-    if raw_id is None:
-        sid = str(lineno)
-    elif isinstance(raw_id, str | int) and not isinstance(raw_id, bool) and str(raw_id).strip():
-        sid = str(raw_id)
-    else:
-        raise ValueError(f"'id' must be a non-empty string or an integer, got {raw_id!r}")
+    sid = record_id(obj)
     messages, last_turn = record_messages(obj)
     answer = obj.get("answer", last_turn)
     if last_turn is not None and answer != last_turn:
         raise ValueError("'messages' ends with an assistant turn that differs from 'answer'")
     if not isinstance(answer, str) or not answer.strip():
         raise ValueError("needs a non-empty string 'answer' (the target model's own response)")
-    return Sample(id=sid, messages=messages, answer=answer, record=obj)
+    return Sample(id=sid or line_id(lineno), messages=messages, answer=answer, record=obj)
 
 
 @dataclass
@@ -70,35 +65,32 @@ class InputReport:
 
 
 def read_samples(path: str | Path, *, strict: bool = False, report: Report = _stderr) -> InputReport:
-    """Every usable sample; each bad line is reported as file:line (or fatal with strict)."""
+    """Every usable sample; each bad line (a duplicate id among them) is reported as file:line, or with
+    `strict` is an error. A file with no usable sample is an error."""
+    reader = JsonlReader(path, skip_bad_lines=not strict, report=report, error=InputError)
+    ids = RecordIds()
     result = InputReport([])
-    seen: dict[str, int] = {}
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
-    with f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                try:
-                    obj = json.loads(line)
-                except ValueError as e:
-                    raise ValueError(f"invalid JSON ({e})") from None
-                sample = sample_from_record(obj, lineno)
-                if sample.id in seen:
-                    result.duplicates += 1
-                    raise ValueError(f"duplicate id {sample.id!r} (first at line {seen[sample.id]})")
-            except ValueError as e:
-                message = f"{path}:{lineno}: {e}"
-                if strict:
-                    raise InputError(message) from None
-                result.bad_lines += 1
-                report(f"skipping {message}")
-                continue
-            seen[sample.id] = lineno
-            result.samples.append(sample)
+    lines: list[int] = []
+    for lineno, obj in reader:
+        try:
+            sample = sample_from_record(obj, lineno)
+        except ValueError as e:
+            reader.bad(lineno, str(e))
+            continue
+        try:
+            ids.add(obj, lineno)
+        except ValueError as e:  # the id itself passed above: a duplicate
+            result.duplicates += 1
+            reader.bad(lineno, str(e))
+            continue
+        lines.append(lineno)
+        result.samples.append(sample)
+    if not result.samples:
+        raise reader.empty()
+    made_up = ids.made_up()
+    for lineno, sample in zip(lines, result.samples, strict=True):
+        sample.id = made_up.get(lineno, sample.id)
+    result.bad_lines = reader.skipped
     return result
 
 
@@ -108,40 +100,11 @@ def read_samples(path: str | Path, *, strict: bool = False, report: Report = _st
 def read_output(path: str | Path, *, repair: bool = False, report: Report = _stderr) -> list[dict[str, Any]]:
     """The records of an output file. A torn last line (a run killed mid-write) is dropped, and with
     `repair` cut off the file so appends start on a fresh line; a bad line elsewhere is an error."""
-    p = Path(path)
-    if not p.exists():
-        return []
-    data = p.read_bytes()
     records: list[dict[str, Any]] = []
-    good_end = 0  # byte offset just after the last good line
-    lines = data.split(b"\n")
-    for i, line in enumerate(lines):
-        last = i == len(lines) - 1
-        if not line.strip():
-            if not last:
-                good_end += len(line) + 1
-            continue
-        try:
-            obj = json.loads(line)
-            if not isinstance(obj, dict) or "id" not in obj:
-                raise ValueError("not a pipeline record")
-        except ValueError:
-            if last or (i == len(lines) - 2 and not lines[-1]):
-                if repair:
-                    with open(p, "r+b") as f:
-                        f.truncate(good_end)
-                        f.flush()
-                        os.fsync(f.fileno())
-                report(f"{path}: dropped a partial last line ({len(data) - good_end} bytes) left by an interrupted run")
-                break
-            raise InputError(f"{path}:{i + 1}: not a valid output line; fix or remove it before resuming") from None
+    for lineno, obj in read_appended(path, repair=repair, report=report, error=InputError):
+        if not isinstance(obj, dict) or "id" not in obj:
+            raise InputError(f"{path}:{lineno}: not a valid output line; fix or remove it before resuming")
         records.append(obj)
-        good_end += len(line) + 1
-        if last and repair:  # a whole record cut just before its "\n" (or an edited file): keep it
-            with open(p, "ab") as f:
-                f.write(b"\n")
-                f.flush()
-                os.fsync(f.fileno())
     return records
 
 

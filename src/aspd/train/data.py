@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import torch
 
 from aspd.attention import model_mask
+from aspd.jsonl import JsonlReader, RecordIds
 from aspd.layout import Layout, MaskMode, PosMode, Span, build_layout
 from aspd.markup import Document, Serial, flatten
 from aspd.pasta.layout import PastaLayout, build_pasta_layout
@@ -54,29 +54,29 @@ def answer_doc(text: str, fmt: str = "aspd", *, serial: bool = False) -> Documen
 def read_records(
     path: str | Path, *, serial: bool = False, on_error: str = "raise", fmt: str = "aspd"
 ) -> list[Record]:
-    """Read a training JSONL. `serial` drops the markup (the Seq baseline). Bad lines raise or are skipped."""
-    records: list[Record] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                if not isinstance(obj, dict):
-                    raise ValueError("line is not a JSON object")
-                msgs, answer = record_messages(obj)
-                text = obj.get("markup", obj.get("answer", answer))
-                if not isinstance(text, str) or not text.strip():
-                    raise ValueError("needs a non-empty 'answer' (or 'markup', or a final assistant message)")
-                records.append(Record(str(obj.get("id", lineno)), msgs, answer_doc(text, fmt, serial=serial)))
-            except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError and MarkupError are ValueErrors
-                msg = f"{path}:{lineno}: {e}"
-                if on_error == "raise":
-                    raise DataError(msg) from e
-                print(f"aspd: skipping {msg}")
+    """Read a training JSONL (or JSONL.gz). `serial` drops the markup (the Seq baseline). Bad lines (a
+    duplicate id among them) raise DataError naming file:line, or with on_error="skip" are reported and skipped."""
+    reader = JsonlReader(path, skip_bad_lines=on_error != "raise", error=DataError)
+    ids = RecordIds()
+    records: list[tuple[int, Record]] = []
+    for lineno, obj in reader:
+        try:
+            msgs, answer = record_messages(obj)
+            text = obj.get("markup", obj.get("answer", answer))
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError("needs a non-empty 'answer' (or 'markup', or a final assistant message)")
+            doc = answer_doc(text, fmt, serial=serial)
+            rid = ids.add(obj, lineno)
+        except (ValueError, KeyError, TypeError) as e:  # MarkupError is a ValueError
+            reader.bad(lineno, str(e))
+            continue
+        records.append((lineno, Record(rid or "", msgs, doc)))
     if not records:
-        raise DataError(f"{path}: no usable samples")
-    return records
+        raise reader.empty()
+    made_up = ids.made_up()
+    for lineno, r in records:
+        r.id = r.id or made_up[lineno]
+    return [r for _, r in records]
 
 
 class LayoutDataset(torch.utils.data.Dataset):

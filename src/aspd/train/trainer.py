@@ -92,6 +92,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise DataError(f"unknown format {cfg.format!r}; choose from {', '.join(FORMATS)}")
     if cfg.promise_len < 1:
         raise DataError("promise_len must be >= 1")
+    # The data first: a bad file fails before the slow model load.
+    records = read_records(cfg.data, serial=cfg.serial, on_error="skip" if cfg.skip_bad_lines else "raise",
+                           fmt=cfg.format)
     set_seed(cfg.seed)
     folder = model_folder(cfg.model)
     tokenizer = load_tokenizer(folder)
@@ -100,8 +103,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation=cfg.attn)
     ctrl = add_control_tokens(tokenizer, model)
     pasta = add_pasta_tokens(tokenizer, model) if cfg.format == "pasta" else None  # after the ASPD six
-    records = read_records(cfg.data, serial=cfg.serial, on_error="skip" if cfg.skip_bad_lines else "raise",
-                           fmt=cfg.format)
     dataset = LayoutDataset(
         records, tokenizer, ctrl, max_length=cfg.max_length, mask_mode=cfg.mask_mode, pos_mode=cfg.pos_mode,
         pack=cfg.pack, pasta=pasta, promise_len=cfg.promise_len,
