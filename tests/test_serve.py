@@ -1,24 +1,31 @@
 """`aspd serve`: a real server in a subprocess (tiny random Llama) called with the openai client and httpx.
 
+The server requires an API key (given through $ASPD_API_KEY), so every test also goes through the key check.
+
 The test model's end-of-turn row of the output head is zeroed, so greedy answers run to max_tokens: lengths
 (and so timings of "slow" requests) are deterministic. Paths the random model never takes (a parallel group)
-are checked in-process with an engine that forces a group at the start of every answer.
+are checked in-process with an engine that forces a group at the start of every answer; so is the property
+test that throws random JSON at every request field.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin
 
 import httpx
 import openai
 import pytest
 import torch
+from hypothesis import strategies as st
+from pydantic import BaseModel
 from serverutil import running_server
 
 from aspd.engine import HybridEngine, Limits, SamplingParams
@@ -29,6 +36,8 @@ from aspd.testing import tiny_model, tiny_tokenizer
 from aspd.tokens import add_control_tokens, text_ids
 
 MODEL_ID = "tiny-llama"
+API_KEY = "sk-test-0123456789"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CONTEXT = 512  # max_position_embeddings of the tiny model
 SLOW = 400  # max_tokens of a "slow" request: a few seconds of decoding on 2 CPU cores
 
@@ -48,16 +57,16 @@ class Server:
     def __init__(self, url: str, proc: subprocess.Popen[bytes], log: Path, folder: Path):
         self.url, self.proc, self.log, self.folder = url, proc, log, folder
 
-    def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    def client(self, api_key: str = API_KEY) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=60)
 
     def health(self) -> dict[str, Any]:
-        r = httpx.get(f"{self.url}/health", timeout=5)
+        r = httpx.get(f"{self.url}/health", timeout=5)  # the one route open without the key
         assert r.status_code == 200
         return r.json()
 
     def post(self, path: str, body: Any, timeout: float = 60) -> httpx.Response:
-        return httpx.post(f"{self.url}{path}", json=body, timeout=timeout)
+        return httpx.post(f"{self.url}{path}", json=body, headers=AUTH, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +75,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = root / MODEL_ID
     make_model(folder)
     log = root / "server.log"
-    with running_server(folder, log, max_queue=1, log_level="info", timeout=60) as (url, proc):
+    with running_server(folder, log, max_queue=1, log_level="info", timeout=60, api_key=API_KEY) as (url, proc):
         yield Server(url, proc, log, folder)
 
 
@@ -116,7 +125,7 @@ def test_chat_streaming_equals_non_streaming(server: Server) -> None:
 
 
 def test_stream_ends_with_done_and_include_usage(server: Server) -> None:
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", timeout=30,
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", timeout=30, headers=AUTH,
                       json=chat_body(stream=True, stream_options={"include_usage": True})) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         lines = [ln for ln in r.iter_lines() if ln]
@@ -184,6 +193,15 @@ def test_aspd_extension_fields(server: Server) -> None:
 # ---------------------------------------------------------------------------------------------- bad input
 
 LONG_PROMPT = [7] * (CONTEXT + 5)
+DEEP = 100_000  # brackets: far past Python's recursion limit
+
+
+def raw_json(body: dict[str, Any], **literals: str) -> bytes:
+    """`body` as JSON bytes (non-ASCII escaped, as JSON allows even for a lone surrogate), plus fields given
+    as literal JSON text (Infinity, 1e400, deep nesting: what json.dumps cannot or will not write)."""
+    body = {k: v for k, v in body.items() if k not in literals}
+    text = json.dumps(body)[:-1] + "".join(f', "{k}": {v}' for k, v in literals.items()) + "}"
+    return text.encode()
 
 BAD = [
     ("invalid json", "/v1/chat/completions", b'{"model": "tiny-llama", "messages": [', 400, None),
@@ -211,6 +229,29 @@ BAD = [
     ("token id out of vocab", "/v1/completions", {"model": MODEL_ID, "prompt": [10**9]}, 400, "prompt"),
     ("two prompts", "/v1/completions", {"model": MODEL_ID, "prompt": ["a", "b"]}, 400, "prompt"),
     ("unknown route", "/v1/nothing", {}, 404, None),
+    # Numbers that are valid JSON but break the sampler: named in the error, never a 500.
+    ("temperature huge", "/v1/chat/completions", chat_body(temperature=1e300), 400, "temperature"),
+    ("temperature Infinity", "/v1/chat/completions", raw_json(chat_body(), temperature="Infinity"), 400,
+     "temperature"),
+    ("top_p NaN", "/v1/chat/completions", raw_json(chat_body(), top_p="NaN"), 400, "top_p"),
+    ("repetition_penalty near zero", "/v1/chat/completions", chat_body(repetition_penalty=1e-300), 400,
+     "repetition_penalty"),
+    ("repetition_penalty 1e400 (inf)", "/v1/completions",
+     raw_json({"model": MODEL_ID, "prompt": "a", "max_tokens": 2}, repetition_penalty="1e400"), 400,
+     "repetition_penalty"),
+    ("seed over 64 bits", "/v1/chat/completions", chat_body(temperature=1.0, seed=2**64), 400, "seed"),
+    ("seed under -2**63", "/v1/completions", {"model": MODEL_ID, "prompt": "a", "temperature": 1.0,
+                                              "seed": -(2**63) - 1}, 400, "seed"),
+    ("deeply nested body", "/v1/chat/completions", raw_json(chat_body(), tools="[" * DEEP + "]" * DEEP), 400,
+     None),
+    ("deeply nested prompt", "/v1/completions",
+     raw_json({"model": MODEL_ID}, prompt="[" * DEEP + "]" * DEEP), 400, None),
+    ("lone surrogate in prompt", "/v1/completions", raw_json({"model": MODEL_ID, "prompt": "a\ud800b"}), 400,
+     "prompt"),
+    ("lone surrogate in content", "/v1/chat/completions",
+     raw_json(chat_body(messages=[{"role": "user", "content": [{"type": "text", "text": "\udc00"}]}])), 400,
+     "messages.0.content"),
+    ("stop of no accepted type", "/v1/chat/completions", chat_body(stop=5), 400, "stop"),
 ]
 
 
@@ -218,7 +259,7 @@ BAD = [
 def test_bad_input_is_answered_in_openai_shape(server: Server, name: str, path: str, body: Any, status: int,
                                                param: str | None) -> None:
     if isinstance(body, bytes):
-        r = httpx.post(f"{server.url}{path}", content=body, headers={"content-type": "application/json"},
+        r = httpx.post(f"{server.url}{path}", content=body, headers={**AUTH, "content-type": "application/json"},
                        timeout=10)
     else:
         r = server.post(path, body, timeout=10)
@@ -253,7 +294,7 @@ def test_huge_max_tokens_is_clamped_to_the_context(server: Server) -> None:
 
 def test_client_disconnect_mid_stream_frees_the_model(server: Server) -> None:
     t0 = time.monotonic()
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", timeout=30,
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", timeout=30, headers=AUTH,
                       json=chat_body(max_tokens=SLOW, stream=True)) as r:
         assert r.status_code == 200
         lines = r.iter_lines()
@@ -279,6 +320,91 @@ def test_server_still_serves_after_bad_input(server: Server) -> None:
     server.post("/v1/chat/completions", {"model": MODEL_ID, "messages": None}, timeout=10)
     c = server.client().chat.completions.create(**chat_body())
     assert c.usage.completion_tokens == 8 and server.health()["status"] == "ok"
+
+
+def test_tiny_temperature_samples_the_argmax(server: Server) -> None:
+    # Dividing float32 logits by 1e-300 overflows; a temperature that small is greedy decoding anyway.
+    client = server.client()
+    greedy = client.completions.create(model=MODEL_ID, prompt="Paris is", max_tokens=8, temperature=0)
+    tiny = client.completions.create(model=MODEL_ID, prompt="Paris is", max_tokens=8, temperature=1e-300, seed=3)
+    assert tiny.choices[0].text == greedy.choices[0].text
+
+
+def test_client_gone_while_uploading_is_no_error(server: Server) -> None:
+    start = len(server.log.read_text())
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"model\": ".encode())
+        time.sleep(0.3)  # the handler is now waiting for the rest of the body
+    deadline = time.monotonic() + 10
+    while "client disconnected while sending its request" not in server.log.read_text()[start:]:
+        assert time.monotonic() < deadline, server.log.read_text()[start:]
+        time.sleep(0.05)
+    time.sleep(0.3)  # anything logged after the disconnect
+    new = server.log.read_text()[start:]
+    assert "Traceback" not in new and "ERROR" not in new, new
+    assert server.health()["status"] == "ok"
+
+
+def test_api_key_is_required_on_every_route_but_health(server: Server) -> None:
+    assert server.client().models.list().data[0].id == MODEL_ID  # the openai client sends api_key as bearer
+    with pytest.raises(openai.AuthenticationError) as e:
+        server.client(api_key="sk-wrong").chat.completions.create(**chat_body())
+    assert e.value.status_code == 401 and e.value.code == "invalid_api_key"
+    wrong = [{}, {"Authorization": API_KEY}, {"Authorization": f"Basic {API_KEY}"},
+             {"Authorization": f"Bearer {API_KEY}x"}, {"Authorization": f"Bearer {API_KEY[:-1]}"},
+             {"Authorization": "Bearer"}]
+    routes = [("GET", "/v1/models"), ("GET", f"/v1/models/{MODEL_ID}"), ("POST", "/v1/chat/completions"),
+              ("POST", "/v1/completions"), ("GET", "/v1/nothing")]
+    for headers in wrong:
+        for method, path in routes:
+            r = httpx.request(method, f"{server.url}{path}", headers=headers, json=chat_body(), timeout=10)
+            assert r.status_code == 401, (headers, path, r.text)
+            assert r.headers["www-authenticate"] == "Bearer"
+            err = r.json()["error"]
+            assert set(err) == {"message", "type", "param", "code"} and err["code"] == "invalid_api_key"
+    lower = httpx.get(f"{server.url}/v1/models", headers={"authorization": f"bearer {API_KEY}"}, timeout=10)
+    assert lower.status_code == 200  # the scheme is case-insensitive (RFC 7235)
+    assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+
+
+def test_api_key_flag_wins_over_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from argparse import Namespace
+
+    from aspd.serve.cli import api_key
+
+    monkeypatch.delenv("ASPD_API_KEY", raising=False)
+    assert api_key(Namespace(api_key=None)) is None
+    monkeypatch.setenv("ASPD_API_KEY", "from-env")
+    assert api_key(Namespace(api_key=None)) == "from-env"
+    assert api_key(Namespace(api_key="from-flag")) == "from-flag"
+
+
+@pytest.mark.parametrize("flag,env,source", [("", None, "--api-key"), ("two words", None, "--api-key"),
+                                             (None, "", "ASPD_API_KEY"), (None, "clé", "ASPD_API_KEY")])
+def test_a_key_no_client_can_send_is_refused_before_loading(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str], flag: str | None,
+                                                            env: str | None, source: str) -> None:
+    from aspd.cli import main
+
+    monkeypatch.delenv("ASPD_API_KEY", raising=False)
+    if env is not None:
+        monkeypatch.setenv("ASPD_API_KEY", env)
+    argv = ["serve", "--model", "no-such-model", "--port", "0"] + ([] if flag is None else ["--api-key", flag])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"aspd: error: {source} must be a non-empty string of printable ASCII" in err
+    assert "cannot load model" not in err  # refused before the slow load
+
+
+def test_serve_help_documents_the_api_key(capsys: pytest.CaptureFixture[str]) -> None:
+    from aspd.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--api-key KEY" in out and "$ASPD_API_KEY" in out and "/health" in out
 
 
 def test_queue_full_answers_503_with_retry_after(server: Server) -> None:
@@ -410,3 +536,113 @@ def test_engine_failure_is_a_500_without_traceback(forced: ForcedGroupEngine) ->
             lines = [ln for ln in r.iter_lines() if ln]
         assert json.loads(lines[-2][6:])["error"]["type"] == "server_error" and lines[-1] == "data: [DONE]"
         assert client.get("/health").json()["status"] == "ok"
+
+
+# ---------------------------------------------------------------------------------------------- fuzzing
+
+FUZZ_CONTEXT = 64  # clamps every answer to a few dozen tokens, so that accepted requests stay cheap
+NESTED = "\x00nested\x00"  # stands for a value nested far too deep for json.dumps; spliced in as text
+NUMBERS = [0, 1, -1, 2, 0.5, -0.0, 1e-300, 5e-324, 1e-40, 1e300, 1.7976931348623157e308, math.inf, -math.inf,
+           math.nan, 2**31, 2**63 - 1, 2**63, 2**64, -(2**63) - 1, 10**400]
+_chars = st.characters() | st.characters(categories=["Cs"])  # lone surrogates too
+_leaf = (st.none() | st.booleans() | st.integers() | st.floats() | st.sampled_from(NUMBERS)
+         | st.text(_chars, max_size=12) | st.sampled_from(["", "hybrid", "serial", "text", "user", "forced"]))
+JSON = st.recursive(_leaf, lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(_chars, max_size=6), inner, max_size=3), max_leaves=8) | st.just(NESTED)
+
+
+def _field_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every field of a request model, nested ones too ("aspd.max_branches", "messages.0.content.0.text")."""
+
+    def nested(annotation: Any, in_list: bool = False) -> Iterator[tuple[type[BaseModel], bool]]:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield annotation, in_list
+        for arg in getattr(annotation, "__args__", ()):
+            yield from nested(arg, in_list or get_origin(annotation) is list)
+
+    paths = []
+    for name, info in model.model_fields.items():
+        paths.append(f"{prefix}{name}")
+        for inner, in_list in nested(info.annotation):
+            paths += _field_paths(inner, f"{prefix}{name}.0." if in_list else f"{prefix}{name}.")
+    return paths
+
+
+def _base(chat: bool, stream: bool) -> dict[str, Any]:
+    """A valid request with every nested object present, so that any field path can be set."""
+    common = {"model": "forced", "max_tokens": 4, "stream": stream, "stream_options": {}, "aspd": {}}
+    if chat:
+        return {**common, "messages": [{"role": "user", "content": [{"type": "text", "text": "Give tips."}]}]}
+    return {**common, "prompt": "Paris is"}
+
+
+def _child(node: Any, key: str) -> Any:
+    """node[key] for a dict, node[int(key)] for a list, None where there is no such child."""
+    if isinstance(node, dict):
+        return node.get(key)
+    if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+        return node[int(key)]
+    return None
+
+
+@st.composite
+def fuzzed_requests(draw: st.DrawFn) -> tuple[str, bytes]:
+    from aspd.serve.protocol import ChatRequest, CompletionRequest
+
+    chat = draw(st.booleans())
+    body: Any = _base(chat, draw(st.booleans()))
+    paths = _field_paths(ChatRequest if chat else CompletionRequest)
+    for path in draw(st.lists(st.sampled_from(["", *paths]), min_size=1, max_size=3, unique=True)):
+        value = draw(JSON)
+        if path == "":  # the whole body
+            body = value
+            continue
+        *parents, last = path.split(".")
+        node = body
+        for key in parents:  # an earlier draw may have replaced a parent: then there is nothing to set
+            node = _child(node, key)
+        if isinstance(node, dict) and draw(st.booleans()):
+            node.pop(last, None)  # a missing field
+        elif isinstance(node, dict):
+            node[last] = value
+        elif isinstance(node, list) and last.isdigit() and int(last) < len(node):
+            node[int(last)] = value
+    text = json.dumps(body).replace(json.dumps(NESTED), "[" * DEEP + "]" * DEEP)
+    return "/v1/chat/completions" if chat else "/v1/completions", text.encode()
+
+
+def test_random_json_in_every_field_never_gives_a_5xx(forced: ForcedGroupEngine, one_thread: None) -> None:
+    """In-process, so that a small context can cap what an accepted request generates; the forced group makes
+    the random aspd limits act on a real group."""
+    from fastapi.testclient import TestClient
+    from hypothesis import HealthCheck, given, settings
+
+    from aspd.serve.app import ServedModel, create_app
+
+    app = create_app(ServedModel(forced, "forced", context=FUZZ_CONTEXT), max_queue=2)
+    seen: dict[int, int] = {}
+
+    @settings(max_examples=150, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(fuzzed_requests())
+    def check(request: tuple[str, bytes]) -> None:
+        path, body = request
+        r = client.post(path, content=body, headers={"content-type": "application/json"})
+        seen[r.status_code] = seen.get(r.status_code, 0) + 1
+        assert r.status_code < 500, (r.status_code, r.text)
+        if r.status_code >= 400:
+            err = r.json()["error"]
+            assert set(err) == {"message", "type", "param", "code"} and err["message"], r.text
+        elif r.headers["content-type"].startswith("text/event-stream"):
+            events = [json.loads(ln[6:]) for ln in r.text.splitlines() if ln.startswith("data: {")]
+            assert events and not any("error" in e for e in events), r.text  # no error event in a 200 stream
+            assert r.text.rstrip().endswith("data: [DONE]")
+        else:
+            assert r.json()["choices"], r.text
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        check()
+        assert client.get("/health").json()["status"] == "ok"  # and the server still answers
+        ok = client.post("/v1/completions", json={"model": "forced", "prompt": "Paris is", "max_tokens": 4})
+        assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 4
+    assert seen.get(200, 0) >= 5 and sum(seen.values()) >= 100, seen  # both accepted and refused requests ran

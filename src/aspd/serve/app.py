@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
+import hmac
 import json
 import logging
 import secrets
@@ -23,6 +25,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aspd.engine.core import HybridEngine, Limits
 from aspd.engine.sampling import SamplingParams
@@ -34,6 +38,9 @@ log = logging.getLogger("aspd.serve")
 
 DEFAULT_MAX_TOKENS = Limits().max_new_tokens  # when a request gives none (then clamped to the context)
 MAX_BODY_BYTES = 16 << 20
+# Below this a temperature samples the argmax anyway, and dividing float32 logits by it overflows (vLLM's
+# _SAMPLING_EPS does the same).
+GREEDY_BELOW = 1e-5
 
 
 @dataclass
@@ -71,7 +78,37 @@ def _error_response(err: APIError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
-def create_app(served: ServedModel, *, max_queue: int = 16) -> FastAPI:
+def _digest(secret: bytes) -> bytes:
+    # Compare digests: compare_digest then takes equal lengths and leaks not even the key's length.
+    return hashlib.sha256(secret).digest()
+
+
+class BearerAuth:
+    """Every route but /health answers 401 (OpenAI error shape) without `Authorization: Bearer <key>`.
+
+    Plain ASGI, before routing: an unknown path is refused too, and no request body is read.
+    """
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.want = _digest(api_key.encode())
+
+    def allowed(self, scope: Scope) -> bool:
+        value = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        scheme, _, token = value.strip().partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(_digest(token.strip()), self.want)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/health" or self.allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        err = APIError(401, "missing or incorrect API key; send it as 'Authorization: Bearer <key>'",
+                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        await _error_response(err)(scope, receive, send)
+
+
+def create_app(served: ServedModel, *, max_queue: int = 16, api_key: str | None = None) -> FastAPI:
+    """`api_key`: when set, every route but /health requires it as a bearer token."""
     engine = served.engine
     worker = Worker(engine, max_queue)
     front_tok = copy.deepcopy(engine.tokenizer)  # the model thread owns engine.tokenizer
@@ -88,6 +125,8 @@ def create_app(served: ServedModel, *, max_queue: int = 16) -> FastAPI:
     app = FastAPI(title="aspd", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.worker = worker
     app.state.served = served
+    if api_key is not None:
+        app.add_middleware(BearerAuth, api_key=api_key)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -131,13 +170,17 @@ def create_app(served: ServedModel, *, max_queue: int = 16) -> FastAPI:
     # ------------------------------------------------------------------ generation
 
     async def read_json(request: Request) -> Any:
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise APIError(413, f"request body over {MAX_BODY_BYTES} bytes")
+        body = bytearray()
+        async for part in request.stream():  # counted as it comes: an endless body is cut off early
+            body += part
+            if len(body) > MAX_BODY_BYTES:
+                raise APIError(413, f"request body over {MAX_BODY_BYTES} bytes")
         try:
             return json.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
             raise bad_request(f"invalid JSON body: {e}") from None
+        except RecursionError:
+            raise bad_request("invalid JSON body: nested too deeply") from None
 
     def tokenize(req: ChatRequest | CompletionRequest) -> list[int]:
         """Runs on the tokenizer thread."""
@@ -168,6 +211,8 @@ def create_app(served: ServedModel, *, max_queue: int = 16) -> FastAPI:
         budget = want if ctx is None else min(want, ctx - len(ids))
         d = served.defaults
         temperature = req.temperature if req.temperature is not None else d.get("temperature", 1.0)
+        if temperature < GREEDY_BELOW:
+            temperature = 0.0
         top_k = req.top_k if req.top_k is not None else d.get("top_k", 0)
         try:
             sampling = SamplingParams(
@@ -194,7 +239,12 @@ def create_app(served: ServedModel, *, max_queue: int = 16) -> FastAPI:
 
     async def handle(request: Request, chat: bool) -> Response:
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        req = parse_request(ChatRequest if chat else CompletionRequest, await read_json(request))
+        try:
+            payload = await read_json(request)
+        except ClientDisconnect:  # a normal event, not a server error
+            log.info("%s: client disconnected while sending its request", rid)
+            return Response(status_code=499)
+        req = parse_request(ChatRequest if chat else CompletionRequest, payload)
         if req.model not in served.names():
             raise APIError(404, f"The model {req.model!r} does not exist; this server serves {served.model_id!r}",
                            param="model", code="model_not_found")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 
 from aspd.cli import CLIError
 from aspd.engine.cli import DTYPES, add_engine_arg
+
+API_KEY_ENV = "ASPD_API_KEY"
 
 
 def register(sub: Any) -> None:
@@ -27,6 +30,10 @@ def register(sub: Any) -> None:
                    help="model id in the API (default: the --model name or folder name)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free port (printed)")
+    p.add_argument("--api-key", metavar="KEY", default=None,
+                   help=f"require 'Authorization: Bearer KEY' on every route but /health (401 otherwise); "
+                        f"default: ${API_KEY_ENV} if set, else no key. Prefer the variable: a flag is visible "
+                        f"to other users in the process list")
     p.add_argument("--max-queue", type=int, default=16,
                    help="requests allowed to wait behind the running one before 503 (default 16)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
@@ -83,6 +90,19 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def api_key(args: argparse.Namespace) -> str | None:
+    """--api-key, else $ASPD_API_KEY, else None (no key). A set key must be something a client can send."""
+    source, key = "--api-key", args.api_key
+    if key is None:
+        source, key = API_KEY_ENV, os.environ.get(API_KEY_ENV)
+    if key is None:
+        return None
+    # Clients send header values in ASCII, with outer whitespace stripped: any other key could never match.
+    if not key or not all("!" <= c <= "~" for c in key):
+        raise CLIError(f"{source} must be a non-empty string of printable ASCII characters without spaces")
+    return key
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -92,14 +112,16 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--max-queue must be >= 0")
     if not 0 <= args.port <= 65535:
         raise CLIError("--port must be in [0, 65535]")
+    key = api_key(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sock = _bind(args.host, args.port)  # bind before the slow model load: a busy port fails fast
     served = load_served(args)
-    app = create_app(served, max_queue=args.max_queue)
+    app = create_app(served, max_queue=args.max_queue, api_key=key)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"aspd serve: {served.model_id} on http://{shown}:{port}/v1 (context {served.context}, "
-          f"max queue {args.max_queue})", file=sys.stderr, flush=True)
+          f"max queue {args.max_queue}, {'API key required' if key else 'no API key'})", file=sys.stderr,
+          flush=True)
     config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5, access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
     return 0

@@ -1,14 +1,19 @@
 """Request bodies of the OpenAI-compatible API and the error shape OpenAI clients expect.
 
 Models are strict (no "0.5" for a float, no `true` for an int) so that a wrong type is a 400, as the
-OpenAI API does, rather than a silent coercion.
+OpenAI API does, rather than a silent coercion. Every number must be finite and in a range the sampler can
+compute with, and every string valid Unicode (JSON can spell a lone UTF-16 surrogate, which no tokenizer or
+UTF-8 encoder takes): bad input is a 400 naming the field, never a failure inside the model thread.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the seed range torch generators take (vLLM's bound too)
 
 
 class APIError(Exception):
@@ -28,10 +33,25 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return APIError(400, message, param=param, code=code)
 
 
+def _valid_unicode(value: Any) -> Any:
+    """A string, or the strings of a list, must encode to UTF-8 (no lone surrogate such as "\\ud800")."""
+    for s in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
+        if isinstance(s, str):
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("not valid Unicode (it contains a lone UTF-16 surrogate)") from None
+    return value
+
+
+# strict: no coercion; allow_inf_nan: JSON parses NaN, Infinity and 1e400 (= inf) into floats.
+_STRICT = ConfigDict(strict=True, allow_inf_nan=False)
+
+
 class AspdOptions(BaseModel):
     """The `aspd` request extension: decoding mode, structure limits, per-stream deltas when streaming."""
 
-    model_config = ConfigDict(strict=True, extra="forbid")
+    model_config = ConfigDict(**_STRICT, extra="forbid")
 
     mode: Literal["hybrid", "serial"] = "hybrid"
     max_branches: int | None = Field(None, ge=1)
@@ -41,7 +61,7 @@ class AspdOptions(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(**_STRICT, extra="ignore")
 
     include_usage: bool = False
 
@@ -49,27 +69,30 @@ class StreamOptions(BaseModel):
 class _Common(BaseModel):
     """Fields both endpoints share. Unknown fields are ignored, as most OpenAI-compatible servers do."""
 
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(**_STRICT, extra="ignore")
 
     model: str
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=1)  # no upper bound: clamped to the context
+    temperature: float | None = Field(None, ge=0, le=2)  # OpenAI's range
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = 1
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
     # Extra body fields (vLLM spelling); top_k -1 means "off" there, 0 here.
     top_k: int | None = Field(None, ge=-1)
-    repetition_penalty: float | None = Field(None, gt=0)
+    # SGLang's upper bound; near 0 it divides the logits past float32 (inf, then NaN probabilities).
+    repetition_penalty: float | None = Field(None, ge=0.01, le=2)
     # Accepted for compatibility when neutral; anything else is refused rather than silently ignored.
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logprobs: bool | int | None = None
     logit_bias: dict[str, Any] | None = None
     aspd: AspdOptions | None = None
+
+    _unicode = field_validator("model", "stop", "user")(_valid_unicode)
 
     @field_validator("n")
     @classmethod
@@ -102,18 +125,22 @@ class _Common(BaseModel):
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(**_STRICT, extra="ignore")
 
     type: Literal["text"]
     text: str
 
+    _unicode = field_validator("text")(_valid_unicode)
+
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(**_STRICT, extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
     name: str | None = None
+
+    _unicode = field_validator("content", "name")(_valid_unicode)
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
@@ -151,6 +178,8 @@ class CompletionRequest(_Common):
     best_of: int | None = None
     suffix: str | None = None
 
+    _unicode_prompt = field_validator("prompt", "suffix")(_valid_unicode)
+
     def check_unsupported(self) -> None:
         super().check_unsupported()
         if isinstance(self.prompt, list):
@@ -169,6 +198,24 @@ class CompletionRequest(_Common):
         return self.max_tokens
 
 
+_FIELDS = frozenset(f for m in (ChatRequest, CompletionRequest, ChatMessage, TextPart, AspdOptions, StreamOptions)
+                    for f in m.model_fields)
+
+
+def _param(err: Any) -> str:
+    """The parameter path of a validation error, e.g. "messages.0.content". Pydantic puts a union member's tag
+    ("str", "list[str]", ...) into the location; the path ends before it, at the field the client wrote."""
+    loc: Sequence[int | str] = err["loc"]
+    if err["type"] == "extra_forbidden":
+        return ".".join(map(str, loc))
+    parts: list[str] = []
+    for x in loc:
+        if isinstance(x, str) and x not in _FIELDS:
+            break
+        parts.append(str(x))
+    return ".".join(parts)
+
+
 def parse_request(cls: type[_Common], payload: Any) -> Any:
     """Validate a decoded JSON body; the first problem becomes a 400 naming the parameter."""
     if not isinstance(payload, dict):
@@ -176,11 +223,12 @@ def parse_request(cls: type[_Common], payload: Any) -> Any:
     try:
         req = cls.model_validate(payload)
     except ValidationError as e:
-        err = e.errors(include_url=False)[0]
-        param = ".".join(str(x) for x in err["loc"]) or None
-        if err["type"] == "missing":
+        errors = e.errors(include_url=False)
+        param = _param(errors[0]) or None
+        if errors[0]["type"] == "missing":
             raise bad_request(f"missing required parameter: {param!r}", param) from None
-        msg = err["msg"].removeprefix("Value error, ")
-        raise bad_request(f"invalid value for {param!r}: {msg}", param) from None
+        # A value no member of a union accepts gets one error per member: name them all.
+        msgs = dict.fromkeys(err["msg"].removeprefix("Value error, ") for err in errors if _param(err) == param)
+        raise bad_request(f"invalid value for {param!r}: {', or '.join(msgs)}", param) from None
     req.check_unsupported()
     return req
