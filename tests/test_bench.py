@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import math
+import tomllib
 from pathlib import Path
 
 import pytest
 import torch
 
-from aspd.bench.data import BenchDataError, find_bench_dir, load_questions, parse_questions, resolve_bench
+import aspd
+from aspd.bench.data import (
+    SHIPPED_DIR,
+    BenchDataError,
+    find_bench_dir,
+    load_questions,
+    parse_questions,
+    resolve_bench,
+)
 from aspd.bench.metrics import aggregate, quantile, speedup
 from aspd.bench.nll import answer_nll, nll_summary, score_rows
+from aspd.bench.quality import default_reference_file, load_judge_prompts, load_references
 from aspd.bench.speed import load_engines, parse_spec, parse_specs, rotated, run_speed
 from aspd.cli import main
 from aspd.engine import Limits, SamplingParams
@@ -69,14 +80,53 @@ def speed_run(models, qfile):
 
 
 def test_shipped_question_sets_parse():
-    try:
-        d = find_bench_dir()
-    except BenchDataError:
-        pytest.skip("no shared/data/bench here")
-    mt = load_questions(resolve_bench("mt", d))
+    mt = load_questions(SHIPPED_DIR / "mt_bench.jsonl")
     assert len(mt) == 80 and all(len(q.turns) == 2 for q in mt)
-    assert all(len(q.turns) == 1 for q in load_questions(resolve_bench("vicuna", d)))
-    assert load_questions(resolve_bench("rag", d), limit=5)[0].category == "rag"
+    vicuna = load_questions(SHIPPED_DIR / "vicuna_bench.jsonl")
+    assert len(vicuna) == 80 and all(len(q.turns) == 1 for q in vicuna)
+    assert set(load_judge_prompts(SHIPPED_DIR / "judge_prompts.jsonl")) >= {"single-v1", "single-math-v1"}
+    for name in ("mt_bench", "vicuna_bench"):
+        ref = default_reference_file(SHIPPED_DIR, f"{name}.jsonl")
+        assert ref is not None and load_references(ref)
+    assert "Apache License" in (SHIPPED_DIR / "NOTICE").read_text()
+    assert not list(SHIPPED_DIR.rglob("rag_bench*"))  # academic-use-only: never shipped
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "bench"
+    if shared.is_dir():  # the checkout's copies: the shipped ones must not drift from them
+        for f in SHIPPED_DIR.rglob("*.jsonl"):
+            assert f.read_bytes() == (shared / f.relative_to(SHIPPED_DIR)).read_bytes(), f
+        assert load_questions(resolve_bench("rag", shared), limit=5)[0].category == "rag"
+
+
+def test_package_data_declares_every_shipped_file():
+    """What a wheel carries is what pyproject.toml's package-data globs match: every shipped file must match."""
+    pkg = Path(aspd.__file__).parent
+    conf = tomllib.loads((pkg.parents[1] / "pyproject.toml").read_text())
+    patterns = conf["tool"]["setuptools"]["package-data"]["aspd"]
+    declared = {Path(f) for pat in patterns for f in glob.glob(pat, root_dir=pkg)}
+    shipped = {f.relative_to(pkg) for f in SHIPPED_DIR.rglob("*") if f.is_file()}
+    assert shipped and shipped <= declared, shipped - declared
+
+
+def test_bench_shortcuts_work_outside_the_checkout(tmp_path, monkeypatch, capsys):
+    """From a directory with no shared/data/bench above it and no $ASPD_BENCH_DIR: the shipped files."""
+    monkeypatch.delenv("ASPD_BENCH_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert find_bench_dir() == SHIPPED_DIR
+    assert resolve_bench("vicuna") == SHIPPED_DIR / "vicuna_bench.jsonl"
+    assert len(load_questions(resolve_bench("mt"), limit=3)) == 3
+    with pytest.raises(BenchDataError, match=r"--bench rag: rag_bench\.jsonl is not shipped .*--bench-dir DIR"):
+        resolve_bench("rag")
+    # the CLI says so in one line, before loading any model
+    assert main(["bench", "speed", "--model", "no-such-model", "--bench", "rag"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("aspd: error: --bench rag:") and "--bench-dir" in err
+    # --bench-dir still overrides the shipped files, and names the file it lacks
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "rag_bench.jsonl").write_text(json.dumps(QUESTIONS[0]) + "\n")
+    assert load_questions(resolve_bench("rag", own))[0].turns == ("Give tips.",)
+    with pytest.raises(BenchDataError, match="--bench vicuna: no vicuna_bench.jsonl in"):
+        resolve_bench("vicuna", own)
 
 
 def test_malformed_jsonl_names_file_and_line(tmp_path):

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from serverutil import LoopbackEndpoint, chat_reply, send_json
 
-from aspd.bench.data import BenchDataError, find_bench_dir, load_questions
+from aspd.bench.data import SHIPPED_DIR, load_questions
 from aspd.bench.exact import exact_summary, extract_number, gold_number, load_gold, score_exact
 from aspd.bench.quality import (
     PROMPT_NAMES,
@@ -65,27 +65,13 @@ def test_parse_score_rejects(reply: str | None, why: str) -> None:
 
 # ------------------------------------------------------------------------------------------ prompts, references
 
-SYNTHETIC_PROMPTS = {  # stand-ins with the same placeholders, used only if the shared file is absent
-    "single-v1": ("sys", "Q: {question}\nA: {answer}"),
-    "single-math-v1": ("sys", "Q: {question}\nREF: {ref_answer_1}\nA: {answer}"),
-    "single-v1-multi-turn": ("sys multi", "Q1: {question_1}\nA1: {answer_1}\nQ2: {question_2}\nA2: {answer_2}"),
-    "single-math-v1-multi-turn": ("sys multi", "R1: {ref_answer_1}\nR2: {ref_answer_2}\nQ1: {question_1}\n"
-                                               "A1: {answer_1}\nQ2: {question_2}\nA2: {answer_2}"),
-}
-
-
 @pytest.fixture
 def bench_dir(tmp_path: Path) -> Path:
-    """A bench dir with the real judge_prompts.jsonl (copied at test time) or stand-ins, and a small reference
+    """A bench dir with the real judge_prompts.jsonl (the copy shipped with the package) and a small reference
     file for question 101 (two turns) and 111 (one turn) named after mt_bench.jsonl."""
     d = tmp_path / "bench"
     (d / "reference_answer").mkdir(parents=True)
-    try:
-        shutil.copy(find_bench_dir() / "judge_prompts.jsonl", d / "judge_prompts.jsonl")
-    except (BenchDataError, OSError):
-        (d / "judge_prompts.jsonl").write_text("".join(
-            json.dumps({"name": k, "type": "single", "system_prompt": s, "prompt_template": t}) + "\n"
-            for k, (s, t) in SYNTHETIC_PROMPTS.items()))
+    shutil.copy(SHIPPED_DIR / "judge_prompts.jsonl", d / "judge_prompts.jsonl")
     refs = [{"question_id": 101, "choices": [{"index": 0, "turns": ["REF-101-T1", "REF-101-T2"]}]},
             {"question_id": 111, "choices": [{"index": 0, "turns": ["REF-111-T1"]}]}]
     (d / "reference_answer" / "mt_bench_gpt-4.jsonl").write_text("".join(json.dumps(r) + "\n" for r in refs))

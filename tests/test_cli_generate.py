@@ -8,11 +8,12 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
-from aspd.cli import main
+from aspd.cli import main, quiet_library_warnings
 from aspd.markup import Document, Group, Serial, flatten, parse
 
 # A random model never picks the control tokens (their rows sit at the mean), so force a three-branch group.
@@ -248,9 +249,28 @@ def test_real_subprocess(model_dir):
     ok = subprocess.run([*cmd, *gen_args(model_dir, "--json"), "Give tips."], capture_output=True, text=True,
                         env=env, timeout=120, cwd=Path(model_dir).parent)
     assert ok.returncode == 0, ok.stderr
+    assert ok.stderr == ""  # no library FutureWarnings (e.g. transformers' `past_key_values` notice) on a clean run
     res = json.loads(ok.stdout)
     assert res["stats"]["groups"] == 1 and res["text"] == flatten(parse(res["markup"]))
     bad = subprocess.run([*cmd, "generate", "--model", "no-such-model-xyz", "hi"], capture_output=True, text=True,
                          env=env, timeout=120)
     assert bad.returncode == 2 and bad.stdout == ""
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+def test_cli_hides_library_deprecations_but_not_aspd_warnings(monkeypatch):
+    monkeypatch.setattr(sys, "warnoptions", [])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_library_warnings()
+        for message, category, module in [
+            ("old kwarg", FutureWarning, "torch.nn.modules.module"),  # where transformers' deprecations land
+            ("old API", FutureWarning, "transformers.modeling_utils"),
+            ("'pin_memory' argument is set as true but no accelerator is found", UserWarning,
+             "torch.utils.data.dataloader"),
+            ("CUDA graph capture failed", UserWarning, "aspd.engine.kv"),  # aspd's own: kept
+            ("bad generation flag", UserWarning, "transformers.generation.utils"),  # may concern the input: kept
+            ("deprecated", FutureWarning, "torchvisionlike"),  # not one of the libraries: kept
+        ]:
+            warnings.warn_explicit(message, category, "f.py", 1, module=module)
+    assert [str(w.message) for w in seen] == ["CUDA graph capture failed", "bad generation flag", "deprecated"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 # subcommand -> module exposing `register(subparsers)`; each parser sets `func`.
@@ -19,6 +20,22 @@ _SUBCOMMANDS = {
     "bench": "aspd.bench.cli",
     "pasta": "aspd.pasta.cli",
 }
+
+
+# Libraries whose own deprecation notices concern aspd's calls into them, never the user's input.
+_LIBRARIES = r"(torch|transformers|peft|accelerate|huggingface_hub|safetensors|gguf)(\.|$)"
+
+
+def quiet_library_warnings() -> None:
+    """Hide library warnings a CLI user cannot act on; warnings from aspd itself (about the user's model, input
+    or device) and every error still show. Skipped when the user chose filters (-W or PYTHONWARNINGS)."""
+    if sys.warnoptions:
+        return
+    for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=_LIBRARIES)
+    # torch's DataLoader on a machine without a GPU: training still runs, the pinning is just skipped
+    warnings.filterwarnings("ignore", message="'pin_memory' argument is set as true but no accelerator",
+                            category=UserWarning, module=r"torch\.utils\.data")
 
 
 class CLIError(Exception):
@@ -37,6 +54,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_library_warnings()
     args = build_parser(argv[0] if argv else None).parse_args(argv)
     args.argv = argv  # the command as given, for reports that record how they were made
     try:

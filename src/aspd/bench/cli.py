@@ -47,7 +47,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="question set: a name from the bench directory or any JSONL of the same shape")
     p.add_argument("--bench-dir", default=None, metavar="DIR",
                    help="where vicuna/mt/rag live (default: $ASPD_BENCH_DIR, else shared/data/bench found "
-                        "from the current directory upwards)")
+                        "from the current directory upwards, else the copies of vicuna and mt shipped with aspd; "
+                        "rag is not shipped)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="first N questions only")
     p.add_argument("--category", action="append", default=[], help="only this category; repeatable")
     p.add_argument("--out", default=None, metavar="DIR",

@@ -20,6 +20,10 @@ from aspd.jsonl import JsonlReader, iter_jsonl
 # --bench shortcuts -> file names inside the bench directory
 BENCHES = {"vicuna": "vicuna_bench.jsonl", "mt": "mt_bench.jsonl", "rag": "rag_bench.jsonl"}
 ENV_BENCH_DIR = "ASPD_BENCH_DIR"
+# The FastChat-derived files (Apache-2.0; see its NOTICE) ship inside the package, so the shortcuts work from any
+# directory. The RAG set does not: its licence allows academic use only.
+SHIPPED_DIR = Path(__file__).with_name("shipped")
+NOT_SHIPPED = {"rag": "its licence allows academic use only; get it from LLM-ASPD's infer/benchmarks/"}
 
 
 class BenchDataError(ValueError):
@@ -34,9 +38,10 @@ class Question:
 
 
 def find_bench_dir(bench_dir: str | Path | None = None, cwd: str | Path | None = None) -> Path:
-    """--bench-dir, else $ASPD_BENCH_DIR, else the first `shared/data/bench` in cwd or one of its parents.
+    """--bench-dir, else $ASPD_BENCH_DIR, else the first `shared/data/bench` in cwd or one of its parents, else
+    the files shipped with the package (SHIPPED_DIR).
 
-    The last rule finds `<repo>/../shared/data/bench` from anywhere inside the repository.
+    The third rule finds `<repo>/../shared/data/bench` (which also holds the RAG set) from inside the repository.
     """
     given = bench_dir or os.environ.get(ENV_BENCH_DIR)
     if given:
@@ -49,14 +54,20 @@ def find_bench_dir(bench_dir: str | Path | None = None, cwd: str | Path | None =
         p = base / "shared" / "data" / "bench"
         if p.is_dir():
             return p
-    raise BenchDataError(f"no bench directory found: pass --bench-dir or set {ENV_BENCH_DIR} "
-                         f"(searched for shared/data/bench from {start} upwards)")
+    return SHIPPED_DIR
 
 
 def resolve_bench(bench: str, bench_dir: str | Path | None = None) -> Path:
     """A shortcut (vicuna | mt | rag) inside the bench directory, or a path to any JSONL of the same shape."""
     if bench in BENCHES:
-        return find_bench_dir(bench_dir) / BENCHES[bench]
+        d = find_bench_dir(bench_dir)
+        p = d / BENCHES[bench]
+        if p.is_file():
+            return p
+        if d == SHIPPED_DIR and bench in NOT_SHIPPED:
+            raise BenchDataError(f"--bench {bench}: {BENCHES[bench]} is not shipped with aspd ({NOT_SHIPPED[bench]}); "
+                                 f"pass --bench-dir DIR (or set {ENV_BENCH_DIR}) to the folder that holds it")
+        raise BenchDataError(f"--bench {bench}: no {BENCHES[bench]} in {d}")
     p = Path(bench).expanduser()
     if not p.is_file():
         raise BenchDataError(f"--bench {bench!r} is neither one of {sorted(BENCHES)} nor an existing file")

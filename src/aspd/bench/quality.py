@@ -1,7 +1,7 @@
 """LLM-as-judge answer quality, MT-Bench single-answer grading, over any OpenAI-compatible endpoint.
 
-The judge prompts are read at run time from `<bench dir>/judge_prompts.jsonl` (FastChat's file; nothing of its
-text lives in this package). Which prompt a row gets (the mapping MT-Bench's `gen_judgment.py` uses):
+The judge prompts are read at run time from `<bench dir>/judge_prompts.jsonl` (FastChat's file; a copy ships in
+`aspd/bench/shipped/` with its NOTICE). Which prompt a row gets (the mapping MT-Bench's `gen_judgment.py` uses):
 
     turn 1, category not in REF_CATEGORIES             -> single-v1
     turn 1, category in REF_CATEGORIES, reference known -> single-math-v1            (with ref_answer_1)
