@@ -143,6 +143,24 @@ def test_serial_mode_equals_hf_generate(arch):
     assert g.answer_ids == out
 
 
+@pytest.mark.parametrize("engine", ["eager", "fast"])
+def test_the_cache_goes_by_the_keyword_the_model_takes(engine):
+    """transformers 5.24 takes the cache as `cache` and deprecates `past_key_values` (to go in 5.40); 5.17 only
+    has `past_key_values`. Every forward of the engine passes exactly the one the model's forward declares."""
+    import inspect
+
+    model, tok, ctrl = setup("llama")
+    want = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    seen: list[set[str]] = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kw: seen.append({k for k in ("cache", "past_key_values") if k in kw}), with_kwargs=True)
+    try:
+        run(HybridEngine(model, tok, engine=engine), tok, ctrl, titles=("Diet", "Sleep"), new=20)
+    finally:
+        hook.remove()
+    assert seen and all(s == {want} for s in seen)
+
+
 def test_eager_attention_matches_sdpa():
     m1, tok, ctrl = setup("llama", attn="sdpa")
     m2, _, _ = setup("llama", attn="eager")
