@@ -255,7 +255,7 @@ def test_cli_end_to_end(models, qfile, tmp_path, capsys):
     out = tmp_path / "res"
     argv = ["bench", "speed", "--model", a, "--baseline", b, "--baseline", f"{a}:serial", "--bench", qfile,
             "--limit", "2", "--out", str(out), "--device", "cpu", "--max-new-tokens", "30",
-            "--max-branch-tokens", "5", "--answer-prefix", PREFIX, "--nll-model", b]
+            "--max-branch-tokens", "8", "--answer-prefix", PREFIX, "--nll-model", b]
     assert main(argv) == 0
     stdout, stderr = capsys.readouterr()
     res = json.loads((out / "results.json").read_text())
@@ -288,7 +288,7 @@ def test_cli_ablation_runs_every_mode_against_serial(models, qfile, tmp_path, ca
     out = tmp_path / "abl"
     argv = ["bench", "ablation", "--model", a, "--modes", "indep/same-seq,shared/same-re", "--bench", qfile,
             "--limit", "1", "--out", str(out), "--device", "cpu", "--max-new-tokens", "30",
-            "--max-branch-tokens", "5", "--answer-prefix", PREFIX]
+            "--max-branch-tokens", "8", "--answer-prefix", PREFIX]
     assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())
     got = [(m["label"], m["mode"], m["mask_mode"], m["pos_mode"]) for m in res["config"]["models"]]
@@ -305,7 +305,7 @@ def test_a_killed_run_resumes_without_losing_or_repeating_answers(models, qfile,
 
     a, b = models
     argv = ["bench", "speed", "--model", a, "--baseline", b, "--bench", qfile, "--device", "cpu",
-            "--max-new-tokens", "30", "--max-branch-tokens", "5", "--answer-prefix", PREFIX, "--temperature", "0.8"]
+            "--max-new-tokens", "30", "--max-branch-tokens", "8", "--answer-prefix", PREFIX, "--temperature", "0.8"]
     full = tmp_path / "full"
     assert main([*argv, "--out", str(full)]) == 0
     want = json.loads((full / "results.json").read_text())["rows"]
