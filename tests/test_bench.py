@@ -71,7 +71,8 @@ def speed_run(models, qfile):
     a, b = models
     specs = parse_specs([a], [b, f"{a}:serial"])
     engines = load_engines(specs, device="cpu")
-    rows, warm = run_speed(engines, specs, load_questions(qfile), limits=Limits(max_new_tokens=24, max_branch_tokens=6),
+    # A cap of 8 holds each branch's prefix (up to 6 tokens) and its end.
+    rows, warm = run_speed(engines, specs, load_questions(qfile), limits=Limits(max_new_tokens=24, max_branch_tokens=8),
                            answer_prefix=PREFIX)
     return specs, engines, rows, warm
 
@@ -304,7 +305,7 @@ def test_cli_end_to_end(models, qfile, tmp_path, capsys):
     out = tmp_path / "res"
     argv = ["bench", "speed", "--model", a, "--baseline", b, "--baseline", f"{a}:serial", "--bench", qfile,
             "--limit", "2", "--out", str(out), "--device", "cpu", "--max-new-tokens", "30",
-            "--max-branch-tokens", "5", "--answer-prefix", PREFIX, "--nll-model", b]
+            "--max-branch-tokens", "8", "--answer-prefix", PREFIX, "--nll-model", b]
     assert main(argv) == 0
     stdout, stderr = capsys.readouterr()
     res = json.loads((out / "results.json").read_text())
@@ -337,7 +338,7 @@ def test_cli_ablation_runs_every_mode_against_serial(models, qfile, tmp_path, ca
     out = tmp_path / "abl"
     argv = ["bench", "ablation", "--model", a, "--modes", "indep/same-seq,shared/same-re", "--bench", qfile,
             "--limit", "1", "--out", str(out), "--device", "cpu", "--max-new-tokens", "30",
-            "--max-branch-tokens", "5", "--answer-prefix", PREFIX]
+            "--max-branch-tokens", "8", "--answer-prefix", PREFIX]
     assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())
     got = [(m["label"], m["mode"], m["mask_mode"], m["pos_mode"]) for m in res["config"]["models"]]
@@ -354,7 +355,7 @@ def test_a_killed_run_resumes_without_losing_or_repeating_answers(models, qfile,
 
     a, b = models
     argv = ["bench", "speed", "--model", a, "--baseline", b, "--bench", qfile, "--device", "cpu",
-            "--max-new-tokens", "30", "--max-branch-tokens", "5", "--answer-prefix", PREFIX, "--temperature", "0.8"]
+            "--max-new-tokens", "30", "--max-branch-tokens", "8", "--answer-prefix", PREFIX, "--temperature", "0.8"]
     full = tmp_path / "full"
     assert main([*argv, "--out", str(full)]) == 0
     want = json.loads((full / "results.json").read_text())["rows"]
@@ -430,6 +431,26 @@ def test_sot_runs_beside_serial_from_the_chat_messages(models, qfile):
     for r in sot:
         assert r["messages"][-1]["role"] == "user" and r["tokens"] > 0 and 0 <= r["dp"] <= 1
         assert flatten(parse(r["markup"])) == r["text"]
+
+
+def test_an_answer_cut_by_the_budget_counts_as_truncated(models, qfile):
+    """Titles with no budget left for their group, then the end of turn: the budget cut the answer, so the row
+    says `length` and the report counts it as truncated; with budget to spare the same end of turn is a stop."""
+    from aspd.bench.metrics import summarize
+    from aspd.engine.cli import answer_prefix_ids
+
+    a, _ = models
+    specs = parse_specs([a], [])
+    engines = load_engines(specs, device="cpu")
+    titles = PREFIX.replace("<|para|>", "")
+    forced = len(answer_prefix_ids(engines[specs[0].key], titles))
+    counts = {}
+    for budget in (forced + 1, forced + 30):  # <|para|> and three branch ends need 4 tokens after the titles
+        rows, _ = run_speed(engines, specs, load_questions(qfile, limit=1), warmup=0,
+                            answer_prefix=titles + "<|im_end|>", limits=Limits(max_new_tokens=budget, max_branch_tokens=8))
+        assert [r["text"] for r in rows] == ["DietSleepWork"]
+        counts[budget] = (rows[0]["finish_reason"], summarize(rows)["truncated"])
+    assert counts == {forced + 1: ("length", 1), forced + 30: ("stop", 0)}
 
 
 def test_speedup_skips_empty_answers():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -279,10 +280,6 @@ def test_error_str_and_pickle() -> None:
             "segment 0, branch 1: duplicate title 'a' (same as branch 0)",
         ),
         (Document((g(("a\nb", "1"), ("c", "2")),)), "contains a line break"),
-        (Document((Serial("a <branchgroup> b"),)), "segment 0 (serial): text contains markup tag"),
-        (Document((Serial("ends with </branch"),)), "text contains markup tag"),
-        (Document((g(("a", "x </branch> y"), ("b", "2")),)), "segment 0, branch 0: text contains markup tag"),
-        (Document((g(("a", '<branch title="c">'), ("b", "2")),)), "text contains markup tag"),
         (Document(("text",)), "segment 0: expected Serial or Group, got str"),  # type: ignore[arg-type]
         (Document((Serial(3),)), "must be str"),  # type: ignore[arg-type]
     ],
@@ -299,6 +296,44 @@ def test_validate_errors(doc: Document, message: str) -> None:
 def test_validate_accepts_non_normalised_docs() -> None:
     validate(Document((Serial(""), Serial("a"), g((" a ", "1"), ("b", "")), Serial("git checkout <branch>"))))
     validate(DESIGN_DOC)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        Document((Serial("a <branchgroup> b"),)),
+        Document((Serial("ends with </branch"),)),
+        Document((Serial("ends with </bra"), Serial("nch"))),  # tag-like only once normalised
+        Document((g(("a", "x </branch> y"), ("b", "2")),)),
+        Document((g(("a", '<branch title="c">'), ("b", "</branchgroup>")), Serial("<branchgroup\n"))),
+    ],
+)
+def test_text_that_reads_as_tags_is_escaped(doc: Document) -> None:
+    # A model may write a literal tag as words: the answer still renders, and parses back to itself.
+    validate(doc)
+    text = render(doc)
+    assert "&lt;" in text
+    assert parse(text) == doc.normalized()
+    assert flatten(parse(text)) == flatten(doc)
+
+
+def test_text_escapes_are_minimal_and_reversible() -> None:
+    cases = {
+        "x </branch> y": "x &lt;/branch> y",
+        "<branch title": "&lt;branch title",
+        "&lt;/branchgroup>": "&amp;lt;/branchgroup>",  # already looks escaped: one more level
+        "&amp;lt;branchgroup": "&amp;amp;lt;branchgroup",
+        "&amp;&lt;branch\ttitle": "&amp;&amp;lt;branch\ttitle",
+        # Not tag-like: verbatim, as before.
+        "a < b && c > d, &amp; &lt;b> <branch> <branches> &lt;branch> &lt;branchy </branches": None,
+    }
+    for text, escaped in cases.items():
+        doc = Document((Serial(text),))
+        rendered = render(doc)
+        assert rendered == (text if escaped is None else escaped)
+        assert parse(rendered) == doc
+    # Hand-written markup: "&lt;" before a tag name is read as "<"; anything else stays as written.
+    assert parse("say &lt;/branch> and &lt;b>") == Document((Serial("say </branch> and &lt;b>"),))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -417,8 +452,6 @@ TOKEN_ERRORS: list[tuple[str, str, str, int]] = [
     (T + "<|para|>" + B, "unclosed parallel group", "<|para|>", 0),
     (T + "<|para|>" + B + "<|branch|>c: 3<|/branch|><|/para|>", "more branches than the 2", "<|branch|>c", 0),
     (T + "<|para|>" + B + "<|title|>", "expected <|/para|> after the last branch", "<|title|>", 2),
-    ("x </branchgroup> y", "text contains a markup tag", "</branchgroup>", 0),
-    (T + "<|para|><|branch|>a: <branchgroup><|/branch|>", "text contains a markup tag", "<branchgroup>", 0),
 ]
 
 
@@ -466,28 +499,39 @@ _TAG_PIECES = [
     "<branchgroup>", "</branchgroup>", '<branch title="t">', '<branch title="u">', "</branch>",
     '<branch title="t"', "<branch title=", "</branch", "<branchgroup",
 ]  # fmt: skip
+# Pieces of text that reads as tags, or as their escapes ("&lt;branch", "&amp;lt;/branch>"...).
+_TAGGY = [*_TAG_PIECES, "&lt;", "&amp;lt;", "&amp;amp;lt;", "lt;", "amp;", "branchgroup", "/branch", "&"]
 
 
-def _ok_text(s: str) -> bool:
-    try:
-        validate(Document((Serial(s),)))
-    except MarkupError:
-        return False
+def _no_tokens(s: str) -> bool:
     return not any(t in s for t in DEFAULT_TOKENS.all())
 
 
-texts = st.lists(st.sampled_from(_FRAGMENTS), max_size=12).map("".join).filter(_ok_text)
-titles = (
-    st.lists(
-        st.sampled_from([f for f in _FRAGMENTS if "\n" not in f and "\r" not in f]), min_size=1, max_size=5
+def _plain(s: str) -> bool:
+    # Reads as itself in hand-written markup: nothing that render would escape.
+    return _no_tokens(s) and render(Document((Serial(s),))) == s
+
+
+def _text_strategy(pieces: list[str], ok: Callable[[str], bool]) -> st.SearchStrategy[str]:
+    return st.lists(st.sampled_from(pieces), max_size=12).map("".join).filter(ok)
+
+
+def _title_strategy(pieces: list[str], ok: Callable[[str], bool]) -> st.SearchStrategy[str]:
+    one_line = [f for f in pieces if "\n" not in f and "\r" not in f]
+    return st.lists(st.sampled_from(one_line), min_size=1, max_size=5).map("".join).filter(
+        lambda s: bool(s.strip()) and ok(s)
     )
-    .map("".join)
-    .filter(lambda s: bool(s.strip()) and _ok_text(s))
-)
-groups = st.lists(st.tuples(titles, texts), min_size=2, max_size=5, unique_by=lambda p: p[0].strip()).map(
+
+
+# Plain texts and titles (as a rewriter writes them by hand), and any texts and titles (tag-like included).
+texts = _text_strategy(_FRAGMENTS, _plain)
+titles = _title_strategy(_FRAGMENTS, _plain)
+any_texts = _text_strategy(_FRAGMENTS + _TAGGY * 2, _no_tokens)
+any_titles = _title_strategy(_FRAGMENTS + _TAGGY, _no_tokens)
+groups = st.lists(st.tuples(any_titles, any_texts), min_size=2, max_size=5, unique_by=lambda p: p[0].strip()).map(
     lambda pairs: Group(tuple(Branch(t, b) for t, b in pairs))
 )
-documents = st.lists(st.one_of(texts.map(Serial), groups), max_size=6).map(lambda s: Document(tuple(s)))
+documents = st.lists(st.one_of(any_texts.map(Serial), groups), max_size=6).map(lambda s: Document(tuple(s)))
 
 FAST = settings(max_examples=200, deadline=None)
 

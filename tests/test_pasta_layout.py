@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from aspd.attention import forward_layout, layer_windows, mask_dtype, model_mask
+from aspd.engine.kv import cache_kwargs
 from aspd.pasta.layout import PastaKind, PastaSpan, answer_spans, build_pasta_layout, layout_spans
 from aspd.pasta.markup import parse
 from aspd.pasta.tokens import add_pasta_tokens
@@ -155,7 +156,7 @@ def stepwise_logits(model, lay) -> torch.Tensor:
                 return row if w is None else row & (dist < w)[None]
 
             step = model(input_ids=lay.input_ids[None, i : i + 1], position_ids=torch.tensor([[fed.position]]),
-                         attention_mask=model_mask(windows, allowed, dtype), past_key_values=cache, use_cache=True)
+                         attention_mask=model_mask(windows, allowed, dtype), **cache_kwargs(model, cache))
             out.append(step.logits[0, -1])
     assert positions == lay.position_ids.tolist()
     return torch.stack(out)

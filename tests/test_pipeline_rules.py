@@ -173,11 +173,14 @@ def test_titles_are_short_clean_and_unique() -> None:
     assert [t for t, _ in groups_of(c)[0]] == ["Example", "Example 2", "example 3", "Item 4"]
 
 
-def test_answer_with_markup_tags_is_left_alone() -> None:
+def test_answer_with_markup_tags_is_marked_up_with_escapes() -> None:
+    # Text that reads as a tag is escaped by render (&lt;branchgroup>) and read back by parse, so such an answer
+    # is marked up like any other (rewrite() checks that its markup flattens back to the answer).
     answer = '1. Write <branchgroup> here\n2. and <branch title="x"> there'
-    assert rewrite(answer)[0].has_parallel is False
-    ok = rewrite("1. `git checkout <branch>`\n2. `git push`")  # only real tags are markup
-    assert ok[0].has_parallel
+    c = rewrite(answer)[0]
+    assert c.has_parallel and c.markup is not None and "&lt;branchgroup>" in c.markup
+    ok = rewrite("1. `git checkout <branch>`\n2. `git push`")  # only real tags are escaped
+    assert ok[0].has_parallel and ok[0].markup is not None and "&lt;" not in ok[0].markup
 
 
 def test_strategies_limit_and_determinism() -> None:

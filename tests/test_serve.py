@@ -492,7 +492,7 @@ def test_branch_deltas_stream_a_group(forced: ForcedGroupEngine) -> None:
     from aspd.serve.app import ServedModel, create_app
 
     app = create_app(ServedModel(forced, "forced", context=CONTEXT), max_queue=2)
-    body = chat_body(model="forced", max_tokens=30, aspd={"max_branch_tokens": 6, "branch_deltas": True})
+    body = chat_body(model="forced", max_tokens=30, aspd={"max_branch_tokens": 8, "branch_deltas": True})
     with TestClient(app) as client:
         full = client.post("/v1/chat/completions", json=body).json()
         with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
@@ -513,7 +513,7 @@ def test_branch_deltas_stream_a_group(forced: ForcedGroupEngine) -> None:
     assert final["choices"][0]["finish_reason"] == full["choices"][0]["finish_reason"]
     assert final["usage"] == full["usage"]
     assert final["aspd"]["markup"] == render(forced.generate(
-        forced.prompt_ids("Give three tips."), limits=Limits(max_new_tokens=30, max_branch_tokens=6)).doc)
+        forced.prompt_ids("Give three tips."), limits=Limits(max_new_tokens=30, max_branch_tokens=8)).doc)
 
 
 class FailingEngine(HybridEngine):

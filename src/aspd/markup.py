@@ -17,6 +17,12 @@ may say `git checkout <branch>` or `<branches>`:
 - anything else starting `<branchgroup`, `</branchgroup` or `</branch` at a word boundary, or `<branch`
   + whitespace + `title` at a word boundary, is a malformed tag (an error, never text).
 
+Text that reads as a tag. Serial text and branch bodies may hold anything (an answer about this very markup,
+or a model writing `</branch>` as words). `render` writes the `<` that starts such a sequence as `&lt;`, and
+`parse` reads `&lt;` back as `<` there; to stay reversible, a text that already holds `&lt;` (or `&amp;lt;`,
+...) before such a name gets one more `amp;` (`&amp;lt;branchgroup`), which `parse` removes again. Nothing else
+is escaped: `a < b && c`, `&amp;` or `&lt;b>` are verbatim.
+
 Whitespace rules (exact; `parse(render(doc)) == doc.normalized()` for every valid `doc`):
 
 - `render` joins the segments with exactly one "\\n"; a group is `<branchgroup>` "\\n", then per branch
@@ -212,10 +218,21 @@ def _escape(value: str) -> str:
     return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
-def _tag_in(text: str) -> re.Match[str] | None:
-    # The "\n" stands for what render puts after any text ("\n" or "<"): a text ending in "</branch"
-    # would otherwise turn into a tag once rendered.
-    return _TAG_LIKE.search(text + "\n")
+# What follows the '<' of a tag-like sequence, and that '<' written in text: escaped as "&lt;", and an existing
+# "&lt;" / "&amp;lt;" / ... before it with one more "amp;" (so that parse's one-level unescape is exact). The
+# end of a text counts as a word boundary, so a text ending in "</branch" is escaped: render may put "<" or
+# "\n" after it.
+_TAG_NAME = r"(?=branchgroup\b|/branchgroup\b|/branch\b|branch\s+title\b)"
+_TEXT_ESCAPE = re.compile(r"&(?:amp;)*lt;" + _TAG_NAME + "|<" + _TAG_NAME)
+_TEXT_UNESCAPE = re.compile(r"&(?:amp;)*lt;" + _TAG_NAME)
+
+
+def _escape_text(text: str) -> str:
+    return _TEXT_ESCAPE.sub(lambda m: "&lt;" if m.group() == "<" else "&amp;" + m.group()[1:], text)
+
+
+def _unescape_text(text: str) -> str:
+    return _TEXT_UNESCAPE.sub(lambda m: "<" if m.group() == "&lt;" else "&" + m.group()[5:], text)
 
 
 def _title_problem(title: str) -> str | None:
@@ -272,7 +289,7 @@ def parse(text: str) -> Document:
             serial = text[serial_start:p]
             serial = serial[:-1] if serial.endswith("\n") else serial
             if serial:
-                segments.append(Serial(serial))
+                segments.append(Serial(_unescape_text(serial)))
             group_pos, branches, title_pos = p, [], {}
             gap_start = pos = tag.end()
         elif kind == "close_group":
@@ -300,7 +317,7 @@ def parse(text: str) -> Document:
                 if group_pos is not None:
                     check_gap(p)  # `<branch>x</branch>`: report the title-less tag, not the stray close
                 raise error("stray </branch> without an open <branch>", p)
-            branches.append(Branch(title, text[body_start:p]))
+            branches.append(Branch(title, _unescape_text(text[body_start:p])))
             branch_pos = None
             gap_start = pos = tag.end()
         else:  # open_branch
@@ -325,7 +342,7 @@ def parse(text: str) -> Document:
     if group_pos is not None:
         raise error("unclosed <branchgroup>: reached the end of the input before </branchgroup>", group_pos)
     if serial_start < len(text):
-        segments.append(Serial(text[serial_start:]))
+        segments.append(Serial(_unescape_text(text[serial_start:])))
     return Document(tuple(segments))
 
 
@@ -361,15 +378,14 @@ def validate(doc: Document) -> None:
     """Raise MarkupError if `doc` (e.g. built in code) breaks the markup rules.
 
     Checks: segments are Serial or Group; a group has >= 2 branches; titles are non-empty after stripping,
-    one line, and unique within their group (after stripping); no text contains a markup tag. Positions
-    are None; the message names the segment and branch index.
+    one line, and unique within their group (after stripping). Texts may hold anything (tag-like text is
+    escaped by `render`). Positions are None; the message names the segment and branch index.
     """
     if not isinstance(doc, Document):
         raise MarkupError(f"expected a Document, got {type(doc).__name__}")
     for i, seg in enumerate(doc.segments):
         if isinstance(seg, Serial):
             _check_str(seg.text, f"segment {i} (serial) text")
-            _check_no_tag(seg.text, f"segment {i} (serial)")
         elif isinstance(seg, Group):
             if len(seg.branches) < 2:
                 raise MarkupError(
@@ -389,7 +405,6 @@ def validate(doc: Document) -> None:
                 if title in seen:
                     raise MarkupError(f"{where}: duplicate title {title!r} (same as branch {seen[title]})")
                 seen[title] = j
-                _check_no_tag(b.text, where)
         else:
             raise MarkupError(f"segment {i}: expected Serial or Group, got {type(seg).__name__}")
 
@@ -397,13 +412,6 @@ def validate(doc: Document) -> None:
 def _check_str(value: object, where: str) -> None:
     if not isinstance(value, str):
         raise MarkupError(f"{where} must be str, got {type(value).__name__}")
-
-
-def _check_no_tag(text: str, where: str) -> None:
-    m = _tag_in(text)
-    if m is not None:
-        snippet = text[m.start() : m.start() + 20]
-        raise MarkupError(f"{where}: text contains markup tag {snippet!r} at offset {m.start()}")
 
 
 def render(doc: Document) -> str:
@@ -414,8 +422,8 @@ def render(doc: Document) -> str:
 
 def _render_segment(seg: Segment) -> str:
     if isinstance(seg, Serial):
-        return seg.text
-    lines = "".join(f'<branch title="{_escape(b.title)}">{b.text}</branch>\n' for b in seg.branches)
+        return _escape_text(seg.text)
+    lines = "".join(f'<branch title="{_escape(b.title)}">{_escape_text(b.text)}</branch>\n' for b in seg.branches)
     return f"<branchgroup>\n{lines}</branchgroup>"
 
 
@@ -530,11 +538,6 @@ def from_token_text(text: str, tokens: SpecialTokens = DEFAULT_TOKENS) -> Docume
     def error(message: str, position: int) -> MarkupError:
         return MarkupError(message, position, text)
 
-    def check_text(start: int, stop: int) -> None:
-        m = _tag_in(text[start:stop])
-        if m is not None:
-            raise error("text contains a markup tag", start + m.start())
-
     def expect_adjacent(prev_end: int, start: int) -> None:
         if start != prev_end:
             raise error("text between the control tokens of a parallel group", prev_end)
@@ -553,7 +556,6 @@ def from_token_text(text: str, tokens: SpecialTokens = DEFAULT_TOKENS) -> Docume
         group_pos, _, kind = toks[k]
         if kind != "title":
             raise error(stray[kind], group_pos)
-        check_text(cursor, group_pos)
         if group_pos > cursor:
             segments.append(Serial(text[cursor:group_pos]))
         # Titles: <|title|>T<|/title|> repeated, then <|para|>.
@@ -611,7 +613,6 @@ def from_token_text(text: str, tokens: SpecialTokens = DEFAULT_TOKENS) -> Docume
                     f"branch {b + 1} must start with its announced title {prefix!r} (branches follow the titles in order)",
                     start,
                 )
-            check_text(start + len(prefix), stop)
             branches.append(Branch(raw.strip(), text[start + len(prefix) : stop]))
             k += 2
         if k >= n:
@@ -625,7 +626,6 @@ def from_token_text(text: str, tokens: SpecialTokens = DEFAULT_TOKENS) -> Docume
         segments.append(Group(tuple(branches)))
         cursor = end
         k += 1
-    check_text(cursor, len(text))
     if cursor < len(text):
         segments.append(Serial(text[cursor:]))
     return Document(tuple(segments))

@@ -16,11 +16,12 @@ from typing import Any
 import torch
 
 from aspd.attention import layer_windows, mask_dtype
+from aspd.engine.answer import AnswerBuilder
 from aspd.engine.kv import DynamicKV, StaticKV, resolve_engine
 from aspd.engine.sampling import MAIN_STREAM, BatchSampler, SamplingParams, Stream, StreamSampler
 from aspd.engine.text import Detokenizer
 from aspd.layout import MAIN, MaskMode, PositionPlanner, PosMode
-from aspd.markup import Branch, Document, Group, MarkupError, Serial, branch_body, flatten, render
+from aspd.markup import Document, MarkupError, flatten, render
 from aspd.pasta.tokens import PASTA_TAGS, PastaIds
 from aspd.sample import Message, end_of_turn_ids, prompt_ids
 from aspd.tokens import DEFAULT_TOKENS, ControlIds, add_control_tokens, branch_prefix_ids
@@ -91,8 +92,17 @@ class Stats:
 
 @dataclass
 class Generation:
+    """One answer. `doc`, `text` and `raw` describe the same answer (see `aspd.engine.answer`): `raw` is every
+    token sampled or fed, in flattened order; `doc` is what they read as, and `text == flatten(doc)`. Title
+    markup that opened no group (followed by text, or pending at the end of turn, the budget or the context)
+    is text: in `doc` and `text` without its control tokens, in `raw` as sampled.
+
+    finish_reason: `stop` when the model ended its turn; `length` when the token budget or the context cut the
+    answer (also when it ended a branch early, or left no room for the group the pending titles announce).
+    """
+
     doc: Document  # the answer as markup
-    text: str  # visible answer (flattened)
+    text: str  # visible answer (flattened); never holds a control token
     raw: str  # token-level text, control tokens included, in flattened order
     stats: Stats
     finish_reason: str  # stop | length
@@ -114,9 +124,7 @@ class Generation:
 
 @dataclass
 class _Branch:
-    title: str
     ids: list[int]  # everything fed for this branch so far (prefix included)
-    body: list[int]
     start: int
     pending: int | None = None
     done: bool = False
@@ -282,9 +290,8 @@ class _Run:
         self.kv, self.sampler = kv, sampler
         self.planner = PositionPlanner(eng.pos_mode, predict_scale=eng.predict_scale)
         self.stats = Stats(prefill_tokens=len(prompt))
-        self.segments: list[Serial | Group] = []
-        self.serial_ids: list[int] = []  # current run of serial text
-        self.answer_ids: list[int] = []  # flattened order
+        self.out = AnswerBuilder(eng.tokenizer, eng.ctrl, eng.eot)
+        self.cut = False  # the budget ended a branch before its model did
         self.main_hist: list[int] = list(prompt)
         self.slots: list[tuple[int, int, int, int]] = []
         self.logits: list[torch.Tensor] = []
@@ -328,25 +335,24 @@ class _Run:
         t0 = time.perf_counter()
         n = len(self.prompt)
         last = self.forward(self.prompt, self.planner.take_main(n), [MAIN] * n, [MAIN] * n)[-1:]
-        titles: list[list[int]] = []
+        titles: list[list[int]] = []  # announced so far (ids), not yet known to open a group
         in_title: list[int] | None = None
-        title_run: list[int] = []  # title tokens as fed, kept for "treat as text"
         finish = "length"
         while self.stats.tokens < lim.max_new_tokens:
+            if self.hybrid and in_title is None and self.blocked(titles):
+                break  # the announced group no longer fits the budget or the context: the answer is cut here
             banned = self.serial_ban(titles, in_title) if self.hybrid else None
             tok = self.draw(last, [MAIN_STREAM], [banned], [self.main_hist])[0]
             self.stats.tokens += 1
+            self.out.main(tok)
+            self.emit_token(MAIN_STREAM, tok)
             if tok in e.eot:
-                self.flush_serial()
-                self.answer_ids.append(tok)
-                self.emit_token(MAIN_STREAM, tok)
                 finish = "stop"
                 break
             if self.planner.next_main >= e.context - 1:
-                break  # the next token would have no position left
+                break  # the token takes the last position: nothing may follow it
             if self.hybrid:
                 if in_title is not None:
-                    title_run.append(tok)
                     if tok == c.title_end:
                         titles.append(in_title)
                         in_title = None
@@ -354,33 +360,22 @@ class _Run:
                         in_title.append(tok)
                 elif tok == c.title:
                     in_title = []
-                    title_run.append(tok)
                 elif tok == c.para and self.can_open(titles):
-                    self.emit_token(MAIN_STREAM, tok)
                     last = self.run_group(self.valid_titles(titles))
-                    titles, title_run = [], []
+                    titles = []
                     continue
-                else:
-                    # Text (or a <|para|> without usable titles): pending titles were ordinary text after all.
-                    self.serial_ids.extend(title_run)
-                    titles, title_run = [], []
-                    self.serial_ids.append(tok)
-            else:
-                self.serial_ids.append(tok)
-            self.answer_ids.append(tok)
+                else:  # text (or a <|para|> without a group to open): the pending titles were text
+                    titles = []
             self.main_hist.append(tok)
-            self.emit_token(MAIN_STREAM, tok)
             last = self.forward([tok], self.planner.take_main(1), [MAIN], [MAIN])[-1:]
-        else:
-            self.serial_ids.extend(title_run)
-        self.flush_serial()
         self.stats.seconds = time.perf_counter() - t0
-        doc = Document(tuple(self.segments))
+        doc, ids = self.out.finish()
         text = flatten(doc)
         self.stats.visible_tokens = len(e.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
-        raw = e.tokenizer.decode(self.answer_ids, skip_special_tokens=False)
+        raw = e.tokenizer.decode(ids, skip_special_tokens=False)
         self.emit(Event("done"))
-        return Generation(doc, text, raw, self.stats, finish, self.answer_ids, self.slots, self.logits)
+        return Generation(doc, text, raw, self.stats, "length" if self.cut else finish, ids, self.slots,
+                          self.logits)
 
     def serial_ban(self, titles: list[list[int]], in_title: list[int] | None) -> torch.Tensor:
         e, c, lim = self.e, self.e.ctrl, self.lim
@@ -393,34 +388,38 @@ class _Run:
             ban[c.para] = True
         return ban
 
+    def blocked(self, titles: list[list[int]]) -> bool:
+        """The pending titles announce a group that may open but for the token budget or the context."""
+        return (len(self.valid_titles(titles)) >= 2 and self.stats.groups < self.lim.max_groups
+                and not self.can_open(titles, spend=1))
+
     def can_open(self, titles: list[list[int]], spend: int = 0) -> bool:
         """A group needs two distinct titles, a group left in the budget, context room for every branch, and
         token budget for every branch's end token (after `spend` more tokens)."""
         n = len(self.valid_titles(titles))
-        room = self.e.context - self.planner.next_main - 2
+        room = self.e.context - self.planner.next_main - 2  # <|para|> and <|/para|> take one position each
         budget = self.lim.max_new_tokens - self.stats.tokens - spend
-        return (n >= 2 and self.stats.groups < self.lim.max_groups and room >= n * self.lim.max_branch_tokens
-                and budget >= n)
+        return n >= 2 and self.stats.groups < self.lim.max_groups and room >= self.group_span(n) and budget >= n
+
+    def group_span(self, n: int) -> int:
+        """Positions a group of n branches may take at full caps (as the planner lays it out)."""
+        cap = self.lim.max_branch_tokens
+        if self.e.pos_mode is PosMode.PREDICT:  # each branch reserves scale x guess positions, or runs past them
+            r = max(1, int(round(self.e.predicted_length * self.e.predict_scale)))
+            return max(n * r, (n - 1) * r + cap)
+        return n * cap
 
     def valid_titles(self, titles: list[list[int]]) -> list[str]:
-        """Distinct non-empty titles, capped at max_branches; fewer than two means no group."""
-        out: list[str] = []
+        """Distinct non-empty titles whose branch can hold its prefix and end within max_branch_tokens, the
+        first max_branches of them; fewer than two means no group."""
+        e, out = self.e, []
         for ids in titles:
             # One line of text: a title is a label, and markup titles cannot hold line breaks.
-            s = " ".join(self.e.tokenizer.decode(ids, skip_special_tokens=True).split())
-            if s and s not in out:
+            s = " ".join(e.tokenizer.decode(ids, skip_special_tokens=True).split())
+            if s and s not in out and len(branch_prefix_ids(e.tokenizer, e.ctrl, s)) < self.lim.max_branch_tokens:
                 out.append(s)
         out = out[: self.lim.max_branches]
         return out if len(out) >= 2 else []
-
-    def flush_serial(self) -> None:
-        if self.serial_ids:
-            text = self.e.tokenizer.decode(self.serial_ids, skip_special_tokens=False)
-            if self.segments and isinstance(self.segments[-1], Serial):
-                self.segments[-1] = Serial(self.segments[-1].text + text)
-            else:
-                self.segments.append(Serial(text))
-            self.serial_ids = []
 
     # ---------------------------------------------------------------- parallel groups
 
@@ -429,15 +428,14 @@ class _Run:
         e, c = self.e, self.e.ctrl
         tp = time.perf_counter()
         g = self.stats.groups
-        self.flush_serial()
-        self.answer_ids.append(c.para)  # the titles went in as they were sampled
+        self.out.open(titles)
         self.main_hist.append(c.para)
         self.emit(Event("open", MAIN_STREAM, titles=tuple(titles)))
         prefixes = [branch_prefix_ids(e.tokenizer, c, t) for t in titles]
         para_pos = self.planner.take_main(1)
         guess = [e.predicted_length] * len(titles) if e.pos_mode is PosMode.PREDICT else None
         starts = self.planner.open_group(len(titles), guess)
-        branches = [_Branch(t, list(p), [], s) for t, p, s in zip(titles, prefixes, starts, strict=True)]
+        branches = [_Branch(list(p), s) for p, s in zip(prefixes, starts, strict=True)]
         ids, pos, grp, br = [c.para], list(para_pos), [MAIN], [MAIN]
         ends = []
         for b, p in enumerate(prefixes):
@@ -459,10 +457,7 @@ class _Run:
                 grp.append(g)
                 br.append(b)
                 x.ids.append(x.pending)
-                if x.pending == c.branch_end:
-                    x.done = True
-                else:
-                    x.body.append(x.pending)
+                x.done = x.pending == c.branch_end
             closing = all(x.done for x in branches)
             fuse = closing and e.pos_mode is not PosMode.SAME_RE
             if closing:
@@ -485,13 +480,8 @@ class _Run:
                 self.rearrange(g, branches, re_starts)
                 logits = self.forward([c.para_end], self.planner.take_main(1), [MAIN], [MAIN])
             break
-        for x in branches:
-            self.answer_ids.extend(x.ids)
-        self.answer_ids.append(c.para_end)
         self.main_hist.append(c.para_end)
-        group = Group(tuple(Branch(x.title, branch_body(x.title, e.tokenizer.decode(x.body, skip_special_tokens=False)))
-                            for x in branches))
-        self.segments.append(group)
+        self.out.close()
         self.emit(Event("close", MAIN_STREAM, titles=tuple(titles)))
         self.stats.parallel_seconds += time.perf_counter() - tp
         return logits[-1:]
@@ -503,8 +493,10 @@ class _Run:
         go_on = lim.max_new_tokens - self.stats.tokens - len(which)
         for k, b in enumerate(which):
             x = branches[b]
-            if len(x.ids) + 1 >= lim.max_branch_tokens or k >= go_on:
-                bans.append(e._only_branch_end)  # the cap forces the branch to end now
+            capped = len(x.ids) + 1 >= lim.max_branch_tokens  # its cap forces the branch to end now
+            if capped or k >= go_on:
+                bans.append(e._only_branch_end)
+                self.cut |= not capped  # ended by the budget: the answer was cut, whatever follows
             else:
                 bans.append(e._ban_branch)
             hists.append(self.main_hist + x.ids)
@@ -515,6 +507,7 @@ class _Run:
             branches[b].pending = tok
             self.stats.tokens += 1
             self.stats.parallel_tokens += 1
+            self.out.branch(b, tok)
             self.emit_token((g, b), tok)
 
     def rearrange(self, g: int, branches: list[_Branch], starts: list[int]) -> None:

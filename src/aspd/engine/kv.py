@@ -12,7 +12,9 @@ fed ones, which no real token sees before a real token overwrites them.
 
 from __future__ import annotations
 
+import inspect
 import warnings
+from functools import cache
 from typing import Any
 
 import torch
@@ -25,6 +27,19 @@ from aspd.layout import MAIN, visibility
 # branches + <|/para|> by default); 32 and 64 cover most group openings (all prefixes in one forward).
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 ENGINES = ("eager", "fast")
+
+
+@cache
+def _cache_keyword(forward: Any) -> str:
+    params = inspect.signature(forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_kwargs(model: Any, kv_cache: Any) -> dict[str, Any]:
+    """The keyword a model's forward takes its KV cache by: `cache` from transformers 5.24 on (where
+    `past_key_values` still works but is deprecated, to go in 5.40), `past_key_values` before (5.17 has no
+    `cache`). Read from the forward's own signature, so it follows the installed version and the architecture."""
+    return {_cache_keyword(type(model).forward): kv_cache, "use_cache": True}
 
 
 def resolve_engine(engine: str) -> str:
@@ -70,7 +85,7 @@ class DynamicKV:
                                            e.mask_mode, q_pos=q_pos, k_pos=self.pos, window=w)
         mask = model_mask(e.windows, allowed, e.mask_dtype)
         out = e.model(input_ids=t(ids)[None], position_ids=q_pos[None], attention_mask=mask,
-                      past_key_values=self.cache, use_cache=True)
+                      **cache_kwargs(e.model, self.cache))
         return out.logits[0]
 
 
@@ -201,8 +216,8 @@ class StaticKV:
                                            q_pos=pos, k_pos=k_pos, window=w)
         mask = model_mask(e.windows, allowed, e.mask_dtype)
         self.write, self.span = slot, span
-        out = e.model(input_ids=ids[None], position_ids=pos[None], attention_mask=mask, past_key_values=self.cache,
-                      use_cache=True)
+        out = e.model(input_ids=ids[None], position_ids=pos[None], attention_mask=mask,
+                      **cache_kwargs(e.model, self.cache))
         return out.logits[0]
 
     def _inputs(self, ids: list[int], pos: list[int], grp: list[int], br: list[int], rows: int) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """Streaming: events as an iterator, and the reading-order text view of a hybrid answer.
 
 The view shows serial text at once. Inside a group it shows branch 1 live; branch k appears as soon as
-branches 1..k-1 have finished (its text so far at once, then live). The concatenated deltas equal the
-answer's flattened text (`Generation.text`).
+branches 1..k-1 have finished (its text so far at once, then live). Title markup is held back until it is known
+not to open a group (then its text is shown, as `aspd.engine.answer` reads it). The concatenated deltas equal
+the answer's flattened text (`Generation.text`).
 """
 
 from __future__ import annotations
@@ -51,11 +52,12 @@ class ReadingOrderView:
     def __init__(self, engine: HybridEngine):
         self.tok = engine.tokenizer
         self.control = set(engine.ctrl.all())
-        self.title, self.title_end = engine.ctrl.title, engine.ctrl.title_end
+        self.title, self.title_end, self.para = engine.ctrl.title, engine.ctrl.title_end, engine.ctrl.para
         self.eot = engine.eot
         self.any_shown = False
         self.serial: _Part | None = None
         self.in_title = False
+        self.pending: list[int] = []  # title markup and <|para|> that may still open a group
         self.branches: list[_Part] = []
         self.buffers: list[str] = []
         self.finished: set[int] = set()
@@ -74,7 +76,10 @@ class ReadingOrderView:
 
     def push(self, ev: Event) -> str:
         if ev.kind in ("open", "done"):
-            out = self._show(self.serial, self.serial.push(None)) if self.serial else ""
+            # At the end, titles that opened no group are text; at an opening they were the group's.
+            out = self._release() if ev.kind == "done" else ""
+            self.pending, self.in_title = [], False
+            out += self._show(self.serial, self.serial.push(None)) if self.serial else ""
             self.serial = None
             if ev.kind == "done":
                 return out
@@ -93,12 +98,25 @@ class ReadingOrderView:
         return self._branch(ev.stream[1], ev.token)
 
     def _main(self, tok: int) -> str:
-        if tok == self.title:
-            self.in_title = True
-        if self.in_title:
-            self.in_title = tok != self.title_end
+        if tok in self.eot:
             return ""
-        if tok in self.control or tok in self.eot:
+        if self.in_title or tok == self.title:
+            self.in_title = tok != self.title_end
+            self.pending.append(tok)
+            return ""
+        if tok == self.para:
+            self.pending.append(tok)
+            return ""
+        return self._release() + self._text(tok)
+
+    def _release(self) -> str:
+        """The pending title markup was text after all."""
+        out = "".join(self._text(t) for t in self.pending)
+        self.pending = []
+        return out
+
+    def _text(self, tok: int) -> str:
+        if tok in self.control:
             return ""
         if self.serial is None:
             self.serial = _Part(self.tok, strip=False)

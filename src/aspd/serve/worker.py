@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from aspd.engine.answer import AnswerBuilder
 from aspd.engine.core import MAIN_STREAM, Event, Generation, HybridEngine, Limits, Stats
 from aspd.engine.sampling import SamplingParams
 from aspd.engine.stream import ReadingOrderView
-from aspd.markup import Branch, Document, Group, MarkupError, Serial, branch_body, render
-from aspd.tokens import branch_prefix_ids
+from aspd.markup import Document, MarkupError, render
 
 log = logging.getLogger("aspd.serve")
 
@@ -104,29 +104,19 @@ class StopCutter:
 class EventLog:
     """Rebuilds doc, raw ids and stats from events, for an answer cut short by a stop string.
 
-    Mirrors the engine's bookkeeping: main tokens (titles and <|para|> included) go to the raw ids as they
-    come; a group's branches (engine prefix + sampled tokens) and <|/para|> go in when it closes.
+    The document and ids come from the engine's own `AnswerBuilder`, fed with the events; stats are counted here.
     """
 
     def __init__(self, engine: HybridEngine, prompt_len: int):
         self.e = engine
         self.t0 = time.perf_counter()
         self.stats = Stats(prefill_tokens=prompt_len, forwards=1)
-        self.ids: list[int] = []
-        self.segments: list[Serial | Group] = []
-        self.serial: list[int] = []
-        self.pending: list[int] = []  # title markup (or <|para|>) not yet known to open a group
-        self.in_title = False
-        self.titles: tuple[str, ...] = ()
-        self.bodies: list[list[int]] | None = None
+        self.answer = AnswerBuilder(engine.tokenizer, engine.ctrl, engine.eot)
         self.open_at = 0.0
 
     def push(self, ev: Event) -> None:
-        c = self.e.ctrl
         if ev.kind == "open":
-            self._flush_serial()
-            self.pending, self.titles = [], ev.titles
-            self.bodies = [[] for _ in ev.titles]
+            self.answer.open(ev.titles)
             self.stats.branches.append(len(ev.titles))
             self.open_at = time.perf_counter()
         elif ev.kind == "close":
@@ -134,55 +124,26 @@ class EventLog:
         elif ev.kind == "token" and ev.token is not None:
             self.stats.tokens += 1
             if ev.stream != MAIN_STREAM:
-                assert self.bodies is not None
                 self.stats.parallel_tokens += 1
-                self.bodies[ev.stream[1]].append(ev.token)
+                self.answer.branch(ev.stream[1], ev.token)
                 return
             self.stats.forwards += 1
-            self.ids.append(ev.token)
-            tok = ev.token
-            if tok == c.title or self.in_title:
-                self.in_title = tok != c.title_end
-                self.pending.append(tok)
-            elif tok == c.para:
-                self.pending.append(tok)  # an "open" event follows when it starts a group
-            else:
-                self.serial += [*self.pending, tok]
-                self.pending = []
-
-    def _flush_serial(self) -> None:
-        if self.serial:
-            text = self.e.tokenizer.decode(self.serial, skip_special_tokens=False)
-            if self.segments and isinstance(self.segments[-1], Serial):
-                self.segments[-1] = Serial(self.segments[-1].text + text)
-            else:
-                self.segments.append(Serial(text))
-            self.serial = []
+            self.answer.main(ev.token)
 
     def _close_group(self) -> None:
-        if self.bodies is None:
+        bodies = self.answer.bodies
+        if bodies is None:
             return
-        c, tok = self.e.ctrl, self.e.tokenizer
-        branches = []
-        for title, body in zip(self.titles, self.bodies, strict=True):
-            self.ids += [*branch_prefix_ids(tok, c, title), *body]
-            text_ids = body[:-1] if body and body[-1] == c.branch_end else body
-            branches.append(Branch(title, branch_body(title, tok.decode(text_ids, skip_special_tokens=False))))
-        self.stats.forwards += max((len(b) for b in self.bodies), default=0)  # one per lockstep step
-        if self.bodies and all(b and b[-1] == c.branch_end for b in self.bodies):
-            self.ids.append(c.para_end)
-        self.segments.append(Group(tuple(branches)))
+        self.stats.forwards += max((len(b) for b in bodies), default=0)  # one per lockstep step
         self.stats.parallel_seconds += time.perf_counter() - self.open_at
-        self.bodies = None
+        self.answer.close()
 
     def finish(self, text: str) -> tuple[Document, list[int], Stats]:
         self._close_group()
-        self.serial += self.pending
-        self.pending = []
-        self._flush_serial()
+        doc, ids = self.answer.finish()
         self.stats.seconds = time.perf_counter() - self.t0
         self.stats.visible_tokens = len(self.e.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
-        return Document(tuple(self.segments)), self.ids, self.stats
+        return doc, ids, self.stats
 
 
 class StreamText:
