@@ -37,9 +37,10 @@ def test_requests_balanced_deterministic_and_readable_by_distill(tmp_path):
     assert set(per_cat) == {c.name for c in CATEGORIES} and set(per_cat.values()) == {40}
     for cat in per_cat:
         assert sum(r["multipart"] for r in rows if r["category"] == cat) == 20  # alternating flag
-    # every topic of a category's pools is dealt before any repeats
-    writing = [r["topic"] for r in rows if r["category"] == "roleplay"]
-    assert len(set(writing)) == len(writing) == 40 == len(TOPICS["roles"])
+    # every topic of a category's pools is dealt before any repeats; small pools get an everyday setting
+    roles = [r["topic"].split("; setting: ") for r in rows if r["category"] == "roleplay"]
+    assert len({role for role, _ in roles}) == len(roles) == 40 == len(TOPICS["roles"])
+    assert {setting for _, setting in roles} <= set(TOPICS["general"])
     for r in rows[:30]:
         msgs, answer = record_messages(r)  # the shape `aspd distill --prompts` reads
         assert answer is None and msgs[0]["role"] == "system" and msgs[-1]["role"] == "user"
@@ -259,8 +260,8 @@ def test_decontaminate_catches_planted_copies_and_keeps_the_rest(tmp_path, bench
                                      [("vicuna_bench.jsonl", 1), ("mt_bench.jsonl", 2), ("rag_bench.jsonl", 2)]}
 
 
-def test_prefix_filter_finds_the_same_hits_as_checking_every_pair():
-    """The candidate index must not lose a pair: compare with brute force over all pairs."""
+def test_index_finds_the_same_hits_as_checking_every_pair():
+    """The inverted-index counts (in chunks of 7 prompts) must equal brute force over all pairs."""
     import random
 
     from aspd.prompts.decontam import BenchItem
@@ -282,11 +283,12 @@ def test_prefix_filter_finds_the_same_hits_as_checking_every_pair():
         prompts += [b, " ".join(changed), " ".join(some(5) + w + some(5)), " ".join(w[cut : cut + 12]),
                     " ".join(rng.sample(w, len(w))), " ".join(some(rng.randint(3, 40)))]
     rules = Rules(0.6, 0.9, 10)
-    got = {(h.index, h.bench_id) for h in find_hits(prompts, [BenchItem(str(j), b) for j, b in enumerate(bench)], rules)}
+    got = {(h.index, h.bench_id) for h in find_hits(prompts, [BenchItem(str(j), b) for j, b in enumerate(bench)], rules, 7)}
     want = set()
+    b_sets = [shingles(b) for b in bench]
     for i, p in enumerate(prompts):
-        for j, b in enumerate(bench):
-            sp, sb = shingles(p), shingles(b)
+        sp = shingles(p)
+        for j, sb in enumerate(b_sets):
             n = overlap(sp, sb)
             if n / (sp.size + sb.size - n) >= 0.6 or n / sb.size >= 0.9 or (sp.size >= 10 and n / sp.size >= 0.9):
                 want.add((i, str(j)))

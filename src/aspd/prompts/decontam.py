@@ -13,14 +13,12 @@ A prompt (with its context, if any) hits a bench item B when, over character 5-g
 The first two are the rule the shared prompt file was cleaned with; the third is what makes the RAG contexts
 count, since no prompt contains most of a long passage.
 
-Exact and fast: a pigeonhole prefix filter finds every candidate pair. If |P & B| >= c|B|, P must contain one
-of any |B| - ceil(c|B|) + 1 shingles of B, so only those (the rarest) are indexed; likewise for |P & B| >= c|P|
-with the rarest shingles of P. Candidates are then scored on the full sets.
+Exact: an inverted index from shingle to the bench items holding it gives, for a chunk of prompts at a time,
+every intersection size |P & B| in one count (numpy), from which all three scores follow.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from aspd.bench.data import BENCHES, BenchDataError, load_questions
-from aspd.prompts.text import overlap, shingles
+from aspd.prompts.text import shingle_sets
 
 
 @dataclass(frozen=True)
@@ -95,53 +93,45 @@ def load_bench_items(bench_dir: str | Path, extra_files: Sequence[str | Path] = 
     return out
 
 
-def _prefix_size(size: int, c: float) -> int:
-    """How many shingles of a set of `size` must include one shared with any set covering >= c of it."""
-    return size - math.ceil(c * size - 1e-9) + 1
+def _ragged_arange(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Concatenated ranges starts[i] .. starts[i] + lens[i] - 1."""
+    offsets = np.cumsum(lens) - lens
+    return np.repeat(starts - offsets, lens) + np.arange(int(lens.sum()))
 
 
-def find_hits(prompts: Sequence[str], items: Sequence[BenchItem], rules: Rules = Rules()) -> list[Hit]:
-    """Every (prompt, bench item) pair that meets a rule, strongest rule's score first per pair."""
-    p_sets = [shingles(t) for t in prompts]
-    b_sets = [shingles(it.text) for it in items]
-    vocab, counts = np.unique(np.concatenate([*p_sets, *b_sets, np.zeros(0, np.uint64)]), return_counts=True)
-
-    def rarest(s: np.ndarray, k: int) -> np.ndarray:
-        freq = counts[np.searchsorted(vocab, s)]
-        return s[np.argsort(freq, kind="stable")[:k]]
-
-    # B-side prefixes: jaccard >= t implies |P & B| >= t|B|; bench_in_prompt needs |P & B| >= c|B|.
-    c_b = min(rules.jaccard, rules.contained)
-    b_index: dict[int, list[int]] = {}
-    full_index: dict[int, list[int]] = {}
-    for j, s in enumerate(b_sets):
-        for h in rarest(s, _prefix_size(s.size, c_b)).tolist():
-            b_index.setdefault(h, []).append(j)
-        for h in s.tolist():
-            full_index.setdefault(h, []).append(j)
-    b_keys = np.sort(np.fromiter(b_index, dtype=np.uint64, count=len(b_index)))
-    b_sizes = np.array([s.size for s in b_sets])
-    hits = []
-    for i, p in enumerate(p_sets):
-        if p.size == 0 or b_keys.size == 0:
-            continue
-        at = np.minimum(np.searchsorted(b_keys, p), b_keys.size - 1)
-        cand = {j for h in p[b_keys[at] == p].tolist() for j in b_index[h] if p.size >= c_b * b_sizes[j]}
-        if p.size >= rules.min_prompt_shingles:  # P-side prefix for prompt_in_bench: |P & B| >= c|P|
-            cand |= {j for h in rarest(p, _prefix_size(p.size, rules.contained)).tolist()
-                     for j in full_index.get(h, ())}
-        for j in sorted(cand):
-            b = b_sets[j]
-            inter = overlap(p, b)
-            jac = inter / (p.size + b.size - inter)
-            b_in_p, p_in_b = inter / b.size, inter / p.size
-            met = [("jaccard", jac) if jac >= rules.jaccard else None,
-                   ("bench_in_prompt", b_in_p) if b_in_p >= rules.contained else None,
-                   ("prompt_in_bench", p_in_b) if p_in_b >= rules.contained and p.size >= rules.min_prompt_shingles
-                   else None]
-            found = [m for m in met if m]
-            if found:
-                rule, score = max(found, key=lambda m: m[1])
-                hits.append(Hit(i, items[j].id, rule, round(score, 4), round(jac, 4), round(b_in_p, 4),
-                                round(p_in_b, 4)))
+def find_hits(prompts: Sequence[str], items: Sequence[BenchItem], rules: Rules = Rules(), chunk: int = 256) -> list[Hit]:
+    """Every (prompt, bench item) pair that meets a rule, with the rule whose score is highest."""
+    b_sets = shingle_sets([it.text for it in items])
+    b_sizes = np.array([s.size for s in b_sets], dtype=np.int64)
+    # inverted index: sorted shingle keys, and for each the bench items holding it (CSR layout)
+    flat = np.concatenate([*b_sets, np.zeros(0, np.uint64)])
+    owner = np.repeat(np.arange(len(b_sets)), b_sizes)
+    order = np.argsort(flat, kind="stable")
+    keys, first = np.unique(flat[order], return_index=True)
+    ptr, owners = np.append(first, flat.size), owner[order]
+    hits: list[Hit] = []
+    if keys.size == 0:
+        return hits
+    for lo in range(0, len(prompts), chunk):
+        p_sets = shingle_sets(prompts[lo : lo + chunk])
+        p_sizes = np.array([s.size for s in p_sets], dtype=np.int64)
+        sh = np.concatenate([*p_sets, np.zeros(0, np.uint64)])
+        pid = np.repeat(np.arange(len(p_sets)), p_sizes)
+        at = np.minimum(np.searchsorted(keys, sh), keys.size - 1)
+        found = keys[at] == sh
+        at, pid = at[found], pid[found]
+        lens = ptr[at + 1] - ptr[at]
+        pairs = np.repeat(pid, lens) * len(items) + owners[_ragged_arange(ptr[at], lens)]
+        inter = np.bincount(pairs, minlength=len(p_sets) * len(items)).reshape(len(p_sets), len(items))
+        ps, bs = p_sizes[:, None], b_sizes[None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scores = {"jaccard": inter / (ps + bs - inter), "bench_in_prompt": inter / bs,
+                      "prompt_in_bench": np.where(ps >= rules.min_prompt_shingles, inter / ps, 0.0)}
+        limits = {"jaccard": rules.jaccard, "bench_in_prompt": rules.contained, "prompt_in_bench": rules.contained}
+        met = {k: np.nan_to_num(v) >= limits[k] for k, v in scores.items()}
+        for i, j in zip(*np.nonzero(met["jaccard"] | met["bench_in_prompt"] | met["prompt_in_bench"]), strict=True):
+            rule = max((k for k in met if met[k][i, j]), key=lambda k: scores[k][i, j])
+            hits.append(Hit(lo + int(i), items[j].id, rule, round(float(scores[rule][i, j]), 4),
+                            *(round(float(np.nan_to_num(scores[k][i, j])), 4)
+                              for k in ("jaccard", "bench_in_prompt", "prompt_in_bench"))))
     return hits

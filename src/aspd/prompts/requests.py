@@ -61,6 +61,7 @@ def build_requests(n: int, seed: int = 0, categories: Sequence[str] | None = Non
     forms = {(c.name, mp): _deck([f for f in c.forms if f.multipart == mp], rng) for c in cats for mp in (True, False)}
     first_flag = {c.name: rng.random() < 0.5 for c in cats}
     drawn = {c.name: 0 for c in cats}
+    settings = {c.name: _deck(TOPICS[c.setting], rng) for c in cats if c.setting}
     langs = _deck(LANGUAGES, rng)
     same = {c.name: [e for e in EXAMPLES if e.category == c.name] for c in cats}
     out = []
@@ -72,6 +73,8 @@ def build_requests(n: int, seed: int = 0, categories: Sequence[str] | None = Non
         topic = next(topics[cat.name])
         if cat.name == "coding":
             topic = f"{topic} ({next(langs)})"
+        if cat.setting:
+            topic = f"{topic}; setting: {next(settings[cat.name])}"
         # the same-category example shows another form, so its wording is not simply copied onto a new topic
         own = [e for e in same[cat.name] if e.form != form.text] or same[cat.name]
         shots = [rng.choice(own), rng.choice([e for e in EXAMPLES if e.category != cat.name])]

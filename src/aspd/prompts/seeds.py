@@ -25,6 +25,7 @@ class Category:
     label: str  # how the category is named to the teacher
     pools: tuple[str, ...]  # topic pools (keys of TOPICS) to draw from
     forms: tuple[Form, ...]
+    setting: str | None = None  # a second pool giving each topic an everyday setting (small pools repeat less)
 
 
 @dataclass(frozen=True)
@@ -292,7 +293,7 @@ CATEGORIES: tuple[Category, ...] = (
         _s("asks the assistant to play the role and answer one line of dialogue given in quotes"),
         _s("asks the assistant to introduce itself in character in two or three sentences"),
         _s("asks the assistant to play the role and give a one-sentence reaction to a situation"),
-    )),
+    ), "general"),
     Category("reasoning", "logic and reasoning", ("reasoning",), (
         _m("states a small puzzle with concrete names and numbers and asks to solve it showing each step"),
         _m("describes a situation and asks for the possible explanations and which is most likely"),
@@ -300,15 +301,15 @@ CATEGORIES: tuple[Category, ...] = (
         _s("asks a short riddle"),
         _s("states a one-step logic question with a single answer"),
         _s("gives two premises and asks yes or no: does a stated conclusion follow"),
-    )),
+    ), "general"),
     Category("math", "math", ("math",), (
-        _m("a word problem with concrete numbers and two or three parts labelled (a), (b), (c)"),
+        _m("is a word problem with concrete numbers and two or three parts labelled (a), (b), (c)"),
         _m("asks to explain a method step by step with a worked example"),
         _m("asks to compare two options with numbers (e.g. two loans, two phone plans) and show the calculations"),
         _s("asks for one calculation with concrete numbers"),
         _s("gives one equation and asks for x"),
         _s("asks for one unit conversion or one percentage"),
-    )),
+    ), "general"),
     Category("coding", "programming", ("coding",), (
         _m("asks to build a small program in the given language with a few listed features"),
         _m("pastes a short code snippet (a few lines) in the given language and asks for a review with a list of issues"),
@@ -435,7 +436,7 @@ EXAMPLES: tuple[Example, ...] = (
     Example("math", "asks for one calculation with concrete numbers", "splitting a bill", "a student on a tight budget",
             "plain, all lowercase, like a quick search",
             "four of us paid 86.40 for dinner and want to leave a 15% tip, how much does each person pay"),
-    Example("math", "a word problem with concrete numbers and two or three parts labelled (a), (b), (c)",
+    Example("math", "is a word problem with concrete numbers and two or three parts labelled (a), (b), (c)",
             "filling a pool", "a high-school student", "direct",
             "A pool holds 24,000 litres. Pump A fills it in 8 hours and pump B in 12 hours. (a) How long do both pumps "
             "take together? (b) If pump B breaks after 2 hours, when is the pool full?"),
