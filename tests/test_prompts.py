@@ -84,6 +84,12 @@ def test_seed_material_is_large_and_every_category_has_both_kinds_of_form():
      "stop", "Here are my notes: the meeting moved to Friday at 3pm in room B. What day is the meeting?"),
     ("Fix this:\n```python\nprint(1/0)\n```\nWhy does this crash and how do I handle it?", "coding", "stop",
      "Fix this:\n```python\nprint(1/0)\n```\nWhy does this crash and how do I handle it?"),
+    ("Write a limerick about a cat who hates Mondays.", "writing", "stop", "Write a limerick about a cat who hates Mondays."),
+    ("I'm moving to Oslo in January. Please suggest warm but light clothes for cycling to work.", "advice", "stop",
+     "I'm moving to Oslo in January. Please suggest warm but light clothes for cycling to work."),
+    ("Order #4471: two lamps, shipped 3 May to Leeds, total 58 pounds. Pull out the order number and the city.",
+     "extraction", "stop",
+     "Order #4471: two lamps, shipped 3 May to Leeds, total 58 pounds. Pull out the order number and the city."),
 ])
 def test_clean_reply_keeps_and_unwraps(reply, category, finish, expect):
     assert clean_reply(reply, category, finish) == (expect, "ok")
@@ -105,6 +111,13 @@ def test_clean_reply_keeps_and_unwraps(reply, category, finish, expect):
     ("Category: math\nTopic: fractions\nWrite the message.", "math", "stop", "echoed_request"),
     ("Why does ice float on water?", "stem", "stop", "copied_example"),
     ('The sentence "Stoicism teaches calm" is grammatically correct.', "writing", "stop", "not_a_request"),
+    # replies from the real teacher (probe): an answer, a bare text, the assistant speaking in character
+    ("To ask for a raise, you'll need to gather some facts first. First, make a list of your wins. Then, prepare "
+     "a short proposal for your manager.", "howto", "stop", "not_a_request"),
+    ("Your appointment is next Monday at 10 am at the clinic near the airport. Please bring your ID. Let me know "
+     "if there are special instructions.", "extraction", "stop", "not_a_request"),
+    ("I am Captain Jack, ready to help you sail the stormy Atlantic. How may I assist you today?", "roleplay", "stop",
+     "answer_or_comment"),
 ])
 def test_clean_reply_drops_with_a_reason(reply, category, finish, reason):
     assert clean_reply(reply, category, finish) == (None, reason)

@@ -43,11 +43,20 @@ _ENGLISH = frozenset(
 _OTHER = frozenset(  # function words of the European languages most often mistaken for English by letters alone
     "de la el los las que y en por para es un una del al se le les des et est une du au der die das und ist nicht "
     "ein eine mit zu il di che per non sono não uma com os para het een van ik je".split())
-_REQUEST = re.compile(  # a message without a question mark must still ask for something
-    r"\b(write|give|list|explain|describe|compare|tell|help|suggest|recommend|create|make|draft|rewrite|fix|proofread|"
-    r"summari[sz]e|translate|plan|show|find|calculate|compute|solve|pretend|act|imagine|play|generate|design|build|"
-    r"implement|extract|pull|identify|classify|convert|outline|compose|provide|share|need|want|looking for|"
-    r"can you|could you|would you|please|let's|what|how|why|which|who|when|where)\b", re.IGNORECASE)
+_VERBS = (r"write|give|list|explain|describe|compare|tell|help|suggest|recommend|create|make|draft|rewrite|fix|"
+          r"proofread|correct|check|review|summari[sz]e|translate|plan|show|find|calculate|compute|solve|pretend|act|"
+          r"imagine|play|generate|design|build|implement|extract|pull|identify|classify|convert|outline|compose|"
+          r"provide|turn|read|name|let's|let us")
+# A message without a question mark must still ask: a sentence opening with a request verb, or a polite ask.
+# (Answers also contain "make" and "need", but rarely open a sentence with an imperative.)
+_REQUEST = re.compile(rf"(?:^|[.!:;\n]\s*|\bplease\s+)(?:{_VERBS})\b|\b(?:can|could|would|will) you\b|"
+                      r"\bi(?:'d| would) like\b|\bi (?:need|want) (?:you|to know|help|a|an|some)\b|\bhelp me\b",
+                      re.IGNORECASE)
+# extraction: the message must ask something about its text
+_EXTRACT_ASK = re.compile(r"\?|\b(?:extract|list|summari[sz]e|identify|pull|json|tone|classify|find|which|what|"
+                          r"when|who|where|how many|how much)\b", re.IGNORECASE)
+_ASSISTANT_SPEAK = re.compile(r"\bhow (?:may|can|could) i (?:assist|help) you\b|\bwhat can i do for you\b",
+                              re.IGNORECASE)
 _EXAMPLE_KEYS = frozenset(exact_key(e.message) for e in EXAMPLES)
 
 
@@ -89,7 +98,7 @@ def clean_reply(answer: str, category: str, finish: str = "stop") -> tuple[str |
     if _ECHO.search(text):
         return None, "echoed_request"
     answer_like = _ANSWER_START.match(text) or (category != "extraction" and _HERE.match(text))
-    if answer_like or _ANSWER_LABEL.search(text) or _META.search(text):
+    if answer_like or _ANSWER_LABEL.search(text) or _META.search(text) or _ASSISTANT_SPEAK.search(text):
         return None, "answer_or_comment"
     if len(_ITEM_QUESTION.findall(text)) >= 2 or re.search(r"^\s*(?:message|question)\s*2\b", text, re.I | re.M):
         return None, "several_questions"
@@ -104,7 +113,7 @@ def clean_reply(answer: str, category: str, finish: str = "stop") -> tuple[str |
         return None, "too_short"
     if len(text) > MAX_CHARS.get(category, MAX_CHARS_DEFAULT):
         return None, "too_long"
-    if "?" not in text and not _REQUEST.search(text):
+    if ("?" not in text and not _REQUEST.search(text)) or (category == "extraction" and not _EXTRACT_ASK.search(text)):
         return None, "not_a_request"
     if exact_key(text) in _EXAMPLE_KEYS:
         return None, "copied_example"
