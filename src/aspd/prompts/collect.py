@@ -20,8 +20,10 @@ MIN_CHARS, MIN_WORDS = 12, 3
 MAX_CHARS = {"extraction": 1400, "coding": 1400}  # these may carry a text or a snippet
 MAX_CHARS_DEFAULT = 700
 
-_PREAMBLE = re.compile(r"^(sure|certainly|of course|okay|ok|absolutely|here(?:'s| is| are)|below is)\b[^\n]*[:!.]\s*\n",
-                       re.IGNORECASE)
+# a first line that announces the message ("Sure! Here's a realistic message:"); "Here are four statements:"
+# opening a user's own message is kept
+_PREAMBLE = re.compile(r"^(?:sure|certainly|of course|okay|ok|absolutely|here(?:'s| is| are)|below is)\b[^\n]*"
+                       r"\b(?:message|question|request|prompt|query)\b[^\n]*[:!.]\s*\n", re.IGNORECASE)
 _LABEL = re.compile(r"^\s*(?:[*_#]+\s*)?(?:the\s+)?(?:user(?:'s)?\s+)?(?:message|question|prompt|request|query|user|q)"
                     r"\s*(?:\d+\s*)?(?:[*_]+\s*)?[:：]\s*(?:[*_]+\s*)?", re.IGNORECASE)
 _QUOTES = [('"', '"'), ("\u201c", "\u201d"), ("'", "'"), ("`", "`"), ("**", "**"), ("*", "*")]
@@ -29,7 +31,6 @@ _ANSWER_LABEL = re.compile(r"^\s*(?:[*_]+\s*)?(answer|response|assistant|solutio
                            re.IGNORECASE | re.MULTILINE)
 _ANSWER_START = re.compile(r"^(sure|certainly|of course|absolutely|great question|as an ai|i'm sorry|i am sorry|"
                            r"i cannot|i can't|i'd be happy|i would be happy)\b", re.IGNORECASE)
-_HERE = re.compile(r"^here(?:'s| is| are)\b", re.IGNORECASE)  # "Here are my notes: ..." is fine for extraction
 _ECHO = re.compile(r"^\s*(category|topic|form|who asks|tone)\s*:|write the message", re.IGNORECASE | re.MULTILINE)
 _META = re.compile(r"\b(this message|the user's message|the message asks|as requested|realistic message)\b",
                    re.IGNORECASE)
@@ -97,8 +98,7 @@ def clean_reply(answer: str, category: str, finish: str = "stop") -> tuple[str |
         return None, "empty"
     if _ECHO.search(text):
         return None, "echoed_request"
-    answer_like = _ANSWER_START.match(text) or (category != "extraction" and _HERE.match(text))
-    if answer_like or _ANSWER_LABEL.search(text) or _META.search(text) or _ASSISTANT_SPEAK.search(text):
+    if _ANSWER_START.match(text) or _ANSWER_LABEL.search(text) or _META.search(text) or _ASSISTANT_SPEAK.search(text):
         return None, "answer_or_comment"
     if len(_ITEM_QUESTION.findall(text)) >= 2 or re.search(r"^\s*(?:message|question)\s*2\b", text, re.I | re.M):
         return None, "several_questions"
