@@ -359,3 +359,16 @@ def test_import_chatterbot_corpus(tmp_path, capsys):
     wrong = fake_chatterbot_wheel(tmp_path / "x.whl", name="other-pkg")
     assert cli_main(["prompts", "import", "chatterbot-corpus", "--wheel", wrong, "--output", str(out)]) == 2
     assert "expected chatterbot-corpus" in capsys.readouterr().err
+
+
+def test_shipped_requests_match_the_generator():
+    """data/prompts/synth_requests.jsonl.gz is `requests --n 28000 --seed 0`; rows are prefix-stable in n."""
+    from pathlib import Path
+
+    from aspd.prompts.requests import build_requests
+
+    path = Path(__file__).resolve().parents[1] / "data" / "prompts" / "synth_requests.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        head = [json.loads(next(f)) for _ in range(300)]
+        assert sum(1 for _ in f) == 28000 - 300
+    assert head == build_requests(300, seed=0)
