@@ -362,7 +362,7 @@ def test_import_chatterbot_corpus(tmp_path, capsys):
 
 
 def test_shipped_requests_match_the_generator():
-    """data/prompts/synth_requests.jsonl.gz is `requests --n 28000 --seed 0`; rows are prefix-stable in n."""
+    """data/prompts/synth_requests.jsonl.gz is `requests --n 32000 --seed 0`; rows are prefix-stable in n."""
     from pathlib import Path
 
     from aspd.prompts.requests import build_requests
@@ -370,5 +370,5 @@ def test_shipped_requests_match_the_generator():
     path = Path(__file__).resolve().parents[1] / "data" / "prompts" / "synth_requests.jsonl.gz"
     with gzip.open(path, "rt", encoding="utf-8") as f:
         head = [json.loads(next(f)) for _ in range(300)]
-        assert sum(1 for _ in f) == 28000 - 300
+        assert sum(1 for _ in f) == 32000 - 300
     assert head == build_requests(300, seed=0)

@@ -19,7 +19,7 @@ plain=/root/work/synth_requests.jsonl out=/root/work/prompts_answered_$name.json
 touch "$out"
 # Short replies: a question is one to a few lines; extraction requests include a short text (the longest).
 timeout "$budget" python3 -m aspd.cli distill --resume --model "$name" --prompts "$plain" --output "$out" \
-  --batch-size "$batch" --max-new-tokens 320 --temperature 0.8 --top-k 50 --top-p 0.9 --repetition-penalty 1.05 \
+  --batch-size "$batch" --max-new-tokens 320 --temperature 0.7 --top-k 50 --top-p 0.9 --repetition-penalty 1.05 \
   --seed 0 2>&1 | tr '\r' '\n' | grep -v "it/s\]" | tail -5 || true
 # a run stopped by the timeout can leave a torn last line: drop it as `distill --resume` would
 python3 -c "import sys; from pathlib import Path; from aspd.distill import done_ids; done_ids(Path(sys.argv[1]))" "$out"
