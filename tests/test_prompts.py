@@ -191,6 +191,7 @@ def test_merge_removes_exact_and_near_duplicates_keeping_the_first(tmp_path):
     assert dups["n-1"]["duplicate_of"] == "s-1" and 0.7 <= dups["n-1"]["jaccard"] < 1
     assert dups["n-2"] == {"id": "n-2", "duplicate_of": "s-2", "kind": "exact", "jaccard": 1.0}
     assert report["kept_by_multipart"] == {"true": 2, "false": 1, "unknown": 3}
+    assert report["kept_by_source_and_category"]["aspd-synth"] == {"comparison": 2, "writing": 1}
 
 
 def test_merge_errors_name_the_line(tmp_path, capsys):

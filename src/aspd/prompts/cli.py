@@ -188,6 +188,8 @@ def run_merge(args: argparse.Namespace) -> int:
         "near_threshold": args.near,
         "by_source": {s: dict(c) for s, c in sorted(by_source.items())},
         "kept_by_category": _counts(kept, "category"), "kept_by_multipart": _counts(kept, "multipart"),
+        "kept_by_source_and_category": {s: _counts([r for r in kept if r["source"] == s], "category")
+                                        for s in sorted(by_source)},
         "duplicates": [{"id": rows[d.index]["id"], "duplicate_of": rows[d.kept]["id"], "kind": d.kind,
                         "jaccard": d.score} for d in removed],
         "seconds": round(time.perf_counter() - t0, 1),
