@@ -7,7 +7,9 @@
 #   REQUESTS  request file in the working tree (default data/prompts/synth_requests.jsonl.gz)
 # Writes $OUT/prompts_answered_NAME.jsonl.gz (every request field + answer + finish), its .meta.json, and
 # $OUT/prompts_collect_NAME.json (what `aspd prompts collect` would keep so far). Resumable: run it again on the
-# same machine and it continues with the requests not yet answered; it prints "remaining 0" when done.
+# same machine and it continues with the requests not yet answered; on a fresh machine, carry the last
+# $OUT/prompts_answered_NAME.jsonl.gz back as .xfer/data/ and it continues from that. It prints "remaining 0"
+# when done. The answered file for 32,000 requests is about 6 MB gzipped (the $OUT limit is 16 MiB a file).
 set -euo pipefail
 name=$1 batch=${2:-256} budget=${3:-480} requests=${4:-data/prompts/synth_requests.jsonl.gz}
 export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1 ASPD_CACHE=/root/cache
@@ -16,6 +18,8 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site .xfer/whl/*.wh
 mkdir -p /root/work
 plain=/root/work/synth_requests.jsonl out=/root/work/prompts_answered_$name.jsonl
 [ -s "$plain" ] || gzip -dc "$requests" > "$plain"  # aspd distill reads plain JSONL
+prev=.xfer/data/prompts_answered_$name.jsonl.gz
+if [ ! -s "$out" ] && [ -f "$prev" ]; then gzip -dc "$prev" > "$out"; fi  # a fresh machine: continue a carried run
 touch "$out"
 # Short replies: a question is one to a few lines; extraction requests include a short text (the longest).
 timeout "$budget" python3 -m aspd.cli distill --resume --model "$name" --prompts "$plain" --output "$out" \
