@@ -19,6 +19,7 @@ _SUBCOMMANDS = {
     "distill": "aspd.distill",
     "bench": "aspd.bench.cli",
     "pasta": "aspd.pasta.cli",
+    "prompts": "aspd.prompts.cli",
 }
 
 

@@ -1,0 +1,1 @@
+"""Training prompt set: synthetic generation requests, collection, merge with dedup, decontamination."""
