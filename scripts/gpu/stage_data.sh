@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# GPU: issue 17's training data on one machine, in calls of at most ten minutes. Every step resumes where the last
+# call stopped, keeps its state in /root/work and copies what it has so far to $OUT.
+# Usage (device run, carry .xfer/whl and .xfer/data): bash scripts/gpu/stage_data.sh STEP [SECONDS]
+#   setup      install the carried wheels; convert the received teacher and judge GGUFs (stage_receive.sh)
+#   synth      the teacher writes one user question per request (synth_requests.jsonl.gz); then
+#              collect, merge with the shared and imported prompts (exact and near duplicates out), decontaminate
+#              against every bench question -> /root/work/prompts.jsonl
+#   answers    the teacher answers every prompt under the parallel-style system prompt (not part of the sample);
+#              answers cut by the limit or looping go to the dropped file
+#   spans      span requests for the answers, the teacher's span replies (greedy)
+#   transform  rules + span replies as candidates, cheap checks, the likelihood judge under the target model
+# .xfer/data (carried once, with setup) holds train_prompts.jsonl (the shared prompts), synth_requests.jsonl.gz and
+# chatterbot_prompts.jsonl.gz (data/prompts/) and bench/ (vicuna, mt_bench, rag_bench); setup copies it to
+# /root/work/in. LIMIT=N answers only N requests per step (a dry run).
+set -euo pipefail
+step=$1 budget=${2:-540}
+teacher=${TEACHER:-qwen2.5-coder-1.5b} judge=${JUDGE:-smollm2-135m}
+export PYTHONPATH=$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 ASPD_CACHE=/root/cache TOKENIZERS_PARALLELISM=false
+w=/root/work
+mkdir -p "$w"
+x=$w/in
+lim=(${LIMIT:+--limit $LIMIT})
+aspd() { python3 -m aspd.cli "$@"; }
+quiet() { tr '\r' '\n' | grep -v -E "it/s\]|s/it\]|^\s*$" | tail -"${1:-6}"; }
+case "$step" in
+setup)
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .xfer/whl/*.whl
+  mkdir -p $x && cp -r .xfer/data/. $x/
+  for m in "$teacher" "$judge"; do
+    [ -d "$ASPD_CACHE/models/$m" ] || aspd models fetch "$m" --gguf "/root/models/$m.gguf" --dtype bfloat16 -q
+  done
+  nvidia-smi --query-gpu=name,memory.used --format=csv,noheader || true ;;
+synth)
+  [ -s $w/synth_requests.jsonl ] || gzip -dc $x/synth_requests.jsonl.gz > $w/synth_requests.jsonl
+  touch $w/synth_answered.jsonl
+  aspd distill --resume --model "$teacher" --prompts $w/synth_requests.jsonl --output $w/synth_answered.jsonl "${lim[@]}" \
+    --max-new-tokens 320 --temperature 0.8 --top-k 50 --top-p 0.9 --seed 0 --time-budget "$budget" 2>&1 | quiet 3
+  aspd prompts collect --input $w/synth_answered.jsonl --output $w/synth_prompts.jsonl \
+    --report "$OUT/prompts_collect.json" | tail -2
+  aspd prompts merge --input $x/train_prompts.jsonl --input $x/chatterbot_prompts.jsonl.gz \
+    --input $w/synth_prompts.jsonl --output $w/merged.jsonl --report "$OUT/prompts_merge.json" | tail -2
+  aspd prompts decontaminate --input $w/merged.jsonl --bench-dir $x/bench --output $w/prompts.jsonl \
+    --report "$OUT/prompts_decontam.json" | tail -2
+  wc -l $w/synth_answered.jsonl $w/prompts.jsonl
+  gzip -c $w/synth_answered.jsonl > "$OUT/synth_answered.jsonl.gz"
+  gzip -c $w/prompts.jsonl > "$OUT/prompts.jsonl.gz" ;;
+answers)
+  touch $w/answers.jsonl
+  aspd distill --resume --model "$teacher" --prompts $w/prompts.jsonl --output $w/answers.jsonl --parallel-style "${lim[@]}" \
+    --max-new-tokens 768 --temperature 0.7 --top-k 20 --top-p 0.8 --seed 0 --time-budget "$budget" 2>&1 | quiet 3
+  wc -l $w/prompts.jsonl $w/answers.jsonl $w/answers.jsonl.dropped.jsonl
+  gzip -c $w/answers.jsonl > "$OUT/answers.jsonl.gz"
+  gzip -c $w/answers.jsonl.dropped.jsonl > "$OUT/answers_dropped.jsonl.gz"
+  cp $w/answers.jsonl.meta.json "$OUT/answers.meta.json" ;;
+spans)
+  [ -s $w/span_req.jsonl ] || aspd transform --input $w/answers.jsonl --span-requests $w/span_req.jsonl | tail -2
+  touch $w/span_rep.jsonl
+  aspd distill --resume --model "$teacher" --prompts $w/span_req.jsonl --output $w/span_rep.jsonl --keep-bad "${lim[@]}" \
+    --max-new-tokens 400 --temperature 0 --time-budget "$budget" 2>&1 | quiet 3
+  wc -l $w/span_req.jsonl $w/span_rep.jsonl
+  gzip -c $w/span_rep.jsonl > "$OUT/span_replies.jsonl.gz" ;;
+transform)
+  aspd transform --resume --no-progress --input $w/answers.jsonl --output $w/transform.jsonl \
+    --rewriter spans --span-replies $w/span_rep.jsonl --judge likelihood --target-model "$judge" --device cuda \
+    --dtype float32 2>&1 | tail -3 &
+  pid=$!
+  ( sleep "$budget"; kill $pid 2>/dev/null ) & wait $pid || true
+  wc -l $w/transform.jsonl
+  gzip -c $w/transform.jsonl > "$OUT/transform.jsonl.gz"
+  [ ! -f $w/transform.jsonl.summary.json ] || cp $w/transform.jsonl.summary.json "$OUT/transform.summary.json" ;;
+*) echo "unknown step $step" >&2; exit 2 ;;
+esac
