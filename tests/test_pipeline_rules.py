@@ -408,6 +408,29 @@ def test_branch_dependence_matches_two_plain_forwards(arch: str) -> None:
         assert f["changed"] == pytest.approx(changed) and f["nll_increase"] == pytest.approx(increase, abs=1e-4)
 
 
+HEADS = Group((
+    Branch("1. **Diet**:", " Eat a balanced diet."),
+    Branch("2. **Exercise**:", " Move every day."),
+    Branch("3. **Sleep**:", " Sleep well."),
+))
+
+
+def test_branch_dependence_with_head_titles(tiny: tuple) -> None:
+    """With heads the head is part of the engine-fed prefix: only the body after it is scored, under the same
+    two masks as any group (equal to two plain forwards)."""
+    from aspd.sample import body_ids
+
+    model, tok, ctrl = tiny
+    figs = branch_dependence(model, tok, ctrl, MESSAGES, "Here are three tips:", HEADS, content_only=False)
+    ref = _reference(model, tok, ctrl, "Here are three tips:", HEADS)
+    for f, br, (changed, increase) in zip(figs, HEADS.branches, ref, strict=True):
+        assert f["title"] == br.title and f["body_tokens"] == f["tokens"] == len(body_ids(tok, br))
+        assert f["changed"] == pytest.approx(changed) and f["nll_increase"] == pytest.approx(increase, abs=1e-4)
+    spans = chat_spans(tok, ctrl, MESSAGES, Document((Serial("Here are three tips:"), HEADS)), add_eot=False)
+    prefixes = [tok.decode(sp.ids[1:]) for sp in spans if sp.kind == Kind.PREFIX]
+    assert prefixes == ["1. **Diet**:", "2. **Exercise**:", "3. **Sleep**:"]  # no "Label:" separator for heads
+
+
 def test_branch_dependence_figures_on_a_tiny_model(tiny: tuple) -> None:
     model, tok, ctrl = tiny
     figs = branch_dependence(model, tok, ctrl, MESSAGES, "Here are three tips:", TIPS)

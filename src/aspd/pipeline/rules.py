@@ -85,7 +85,8 @@ _CONCLUSION = re.compile(
     re.IGNORECASE,
 )
 _CONCLUSION_HEADING = re.compile(
-    r"^(conclusion|summary|in (summary|conclusion|short)|final thoughts|overall|tl;?dr|wrapping up)\b", re.IGNORECASE
+    r"^(conclusion|summary|in (summary|conclusion|short)|final (thoughts|words|verdict)|overall|tl;?dr|wrapping up|"
+    r"verdict|bottom line|recommendations?)\b", re.IGNORECASE
 )
 _LINK = re.compile(r"\[([^\]\n]*)\]\([^)\n]*\)")
 _MARKDOWN = re.compile(r"\*+|`+|#+|__|[<>|\[\]\"]")
@@ -127,7 +128,13 @@ _STOPWORDS = _FUNCTION | frozenset(
     "also very more most many much some such other others one two three first second new way ways use used using "
     "make makes made help helps allow allows provide provides include includes including like well good best "
     "important key main often usually generally especially etc there here what how why who not no all any each "
-    "every just only even can get gets need needs want wants way lot lots really quite".split()
+    "every just only even can get gets need needs want wants way lot lots really quite anything something "
+    "nothing everything else thing things people someone time times".split()
+) | frozenset(  # common verbs: a label names a thing, and "Listening trains" is no label
+    f"{v}{s}" for v in "keep remove train give turn add build take show mean let come go say become seem run work "
+    "lead bring draw create offer improve reduce increase require ensure support enable affect depend cause find "
+    "learn play put set start stop try call feel leave move live believe hold write read stand lose pay meet "
+    "change protect prevent boost lower raise save cut".split() for s in ("", "s", "ed", "es")
 )
 # ---------------------------------------------------------------------------------------------- lines
 
