@@ -89,6 +89,10 @@ def test_heads_come_from_the_rules_not_the_model() -> None:
     assert r.ok
     assert [it.title for it in r.runs[0].items] == ["**Saving money**", "**Eating better**", "**Building a skill**"]
     assert all(it.head for it in r.runs[0].items)
+    # Heads that collide are made unique by the rules, as for the rule rewriter, whatever the model wrote.
+    same = "Two ways.\n\n- Use a cache for reads in the API\n- Use a cache for writes in the API"
+    r = parse_span_reply(reply([([2], "Read cache"), ([3], "Read cache")]), same, split_units(same))
+    assert r.ok and [it.title for it in r.runs[0].items] == ["- Use a cache for reads", "- Use a cache for writes"]
 
 
 @pytest.mark.parametrize(("raw", "problem"), [

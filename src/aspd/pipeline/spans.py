@@ -43,6 +43,7 @@ from aspd.pipeline.rules import (
     _last_text,
     _lines,
     _list_marker,
+    _unique_heads,
     marker_problems,
     markup_for,
     split_head,
@@ -236,28 +237,30 @@ def parse_span_reply(raw: str, answer: str, units: Sequence[Unit]) -> SpanReply:
 def _group_run(answer: str, units: Sequence[Unit], spans: Sequence[tuple[int, int, Any]],
                where: str) -> tuple[Run | None, list[str]]:
     """The run of one group: heads where the text opens with one (rules decide), else the model's label."""
-    items: list[Item] = []
     problems: list[str] = []
-    seen: set[str] = set()
-    for b, (first, stop, title) in enumerate(spans, 1):
-        start, end = units[first - 1].start, units[stop - 1].end
-        text = answer[start:end]
-        head = split_head(text)
+    bounds = [(units[first - 1].start, units[stop - 1].end) for first, stop, _ in spans]
+    texts = [answer[s:e] for s, e in bounds]
+    heads = [split_head(t) for t in texts]
+    head_ix = [i for i, h in enumerate(heads) if h is not None]
+    unique = _unique_heads([texts[i] for i in head_ix], [heads[i] or "" for i in head_ix])
+    if unique is None:
+        return None, []  # heads that cannot be told apart: the rules' call, not the model's fault
+    for i, h in zip(head_ix, unique, strict=True):
+        heads[i] = h
+    labels: list[str] = []
+    for b, ((_, _, title), text, head) in enumerate(zip(spans, texts, heads, strict=True), 1):
         if head is not None:
-            label = head
-        else:
-            problem = _title_problem(title, text)
-            if problem is not None:
-                problems.append(f"{where}, branch {b}: {problem}")
-                continue
-            label = title.strip()
-        if label.lower() in seen:
-            problems.append(f"{where}, branch {b}: title {label!r} is used twice")
+            labels.append(head)
             continue
-        seen.add(label.lower())
-        items.append(Item(start, end, label, head=head is not None))
+        problem = _title_problem(title, text)
+        if problem is None and title.strip().lower() in (x.lower() for x in labels):
+            problem = f"title {title.strip()!r} is used twice"
+        if problem is not None:
+            problems.append(f"{where}, branch {b}: {problem}")
+        labels.append(title.strip() if isinstance(title, str) else "")
     if problems:
         return None, problems
+    items = [Item(s, e, label, head=h is not None) for (s, e), label, h in zip(bounds, labels, heads, strict=True)]
     run = Run("spans", tuple(items))
     return (None if marker_problems(run.group(answer)) else run), []
 
