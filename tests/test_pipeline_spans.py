@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from aspd.markup import flatten, is_head, parse, same_text, to_token_text
+from aspd.markup import MarkupError, flatten, is_head, parse, same_text, to_token_text
 from aspd.pipeline.backends import ChatBackend
 from aspd.pipeline.prompts import DEFAULT_PROMPTS
-from aspd.pipeline.rules import RuleRewriter, marker_problems
+from aspd.pipeline.rules import RuleRewriter, marker_problems, markup_for
 from aspd.pipeline.runner import read_output, sample_from_record
 from aspd.pipeline.spans import (
     EXAMPLE_TITLES,
@@ -286,3 +288,54 @@ def render_back(doc: Any) -> str:
     from aspd.markup import from_token_text, render
 
     return render(from_token_text(to_token_text(doc)))
+
+
+# ---------------------------------------------------------------------------------------------- properties
+
+_para = st.lists(st.sampled_from(["alpha", "beta", "gamma", "delta", "**Bold**", "Label:", "- x", "1.", "`c`",
+                                  "<b>", "&", "the", "of"]), min_size=1, max_size=9).map(" ".join)
+
+
+@st.composite
+def _answer_and_reply(draw: st.DrawFn) -> tuple[str, str]:
+    blocks = []
+    for _ in range(draw(st.integers(2, 7))):
+        kind = draw(st.sampled_from(["prose", "prose", "item", "heading", "code"]))
+        text = draw(_para)
+        blocks.append({"prose": text, "item": f"- {text}", "heading": f"## {text}\n{draw(_para)}",
+                       "code": f"```\n{text}\n```"}[kind])
+    answer = draw(st.sampled_from(["\n\n", "\n"])).join(blocks)
+    n = len(split_units(answer))
+    groups, at = [], 1
+    while at < n and draw(st.booleans()):
+        sizes = draw(st.lists(st.integers(1, 2), min_size=2, max_size=3))
+        branches = []
+        for k, size in enumerate(sizes):
+            paras = list(range(at, at + size))
+            branches.append({"paragraphs": paras, "title": draw(st.sampled_from(["Alpha side", "Beta view", "x"]))
+                             + f" {k}"})
+            at += size
+        groups.append(branches)
+        at += draw(st.integers(0, 2))
+    return answer, json.dumps({"groups": groups})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_answer_and_reply())
+def test_any_span_reply_gives_valid_markup_or_reasons(case: tuple[str, str]) -> None:
+    answer, raw = case
+    units = split_units(answer)
+    r = parse_span_reply(raw, answer, units)
+    assert r.ok or (r.problems and not r.runs)
+    if r.ok and r.runs:
+        try:
+            markup = markup_for(answer, r.runs)
+        except MarkupError:
+            return  # the answer holds markup tags of its own
+        doc = parse(markup)
+        assert same_text(flatten(doc), answer)
+        for g in doc.groups:
+            assert marker_problems(g) == [] and len(g.branches) >= 2
+        code = [answer[u.start : u.end] for u in units if u.code]
+        for g in doc.groups:
+            assert not any(c in b.visible for c in code for b in g.branches)  # code never inside a group
