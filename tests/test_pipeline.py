@@ -496,6 +496,11 @@ def test_transform_file_summary_adds_up(tmp_path: Path) -> None:
                                                               if k not in ("independence", "integrity", "answer"))
     assert summary["ppd"] == {"before": 0.0, "after": 1.0}
     assert summary["abn"]["after"] == 3.0 and 0 < summary["dp"]["after"] < 1
+    assert summary["dp"]["parallel_samples_mean"] == pytest.approx(recs[0]["stats"]["dp"])  # all alike here
+    assert summary["checks"]["markers"] == {"ran": 10, "passed": 10}
+    assert summary["checks"]["content"] == {"ran": 10, "passed": 5}
+    assert summary["by_source"] == {"recorded": {"candidates": 10, "passed_checks": 5, "passed_independence": 5,
+                                                 "passed_integrity": 5, "passed_answer": 5, "selected": 5}}
     assert summary["this_run"]["bad_input_lines"] == 1 and summary["this_run"]["processed"] == 5
     with pytest.raises(InputError, match="--resume"):
         transform(inp, out, Recorded(GOOD), ALL_YES, cfg(), report=lambda _: None)
