@@ -238,7 +238,7 @@ def _real_answers(n: int) -> list[dict[str, Any]]:
     return out
 
 
-def test_list_markers_correct_in_every_transformed_sample(tmp_path: Path) -> None:
+def test_list_markers_correct_in_every_transformed_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Transform teacher-style and real answers through the CLI (rules, and spans with recorded replies),
     then check every sample of the output: markers belong to heads, numbering runs n, n+1, ..., the text
     flattens back, and the token format writes and reads back."""
@@ -252,6 +252,14 @@ def test_list_markers_correct_in_every_transformed_sample(tmp_path: Path) -> Non
         json.dumps({"id": "t4", "answer": reply([([2], "Frequent transit"), ([3], "Road pricing"),
                                                  ([4], "Cycling lanes")])}) + "\n"
         + json.dumps({"id": "t9", "answer": reply([([2], "Money"), ([2], "Money")])}) + "\n")
+    assert main(["transform", "--input", str(inp), "--span-requests", str(tmp_path / "req.jsonl")]) == 0
+    req_ids = [json.loads(line)["id"] for line in (tmp_path / "req.jsonl").read_text().splitlines()]
+    assert "t4" in req_ids and "t5" not in req_ids
+    assert main(["transform", "--input", str(inp), "--span-requests", "r.jsonl", "--output", "o.jsonl"]) == 2
+    assert "does not take --output" in capsys.readouterr().err
+    assert main(["transform", "--input", str(inp), "--output", "o.jsonl", "--rewriter", "rules",
+                 "--span-replies", "x"]) == 2
+    assert "is for --rewriter spans" in capsys.readouterr().err
     outputs = {}
     for name, extra in (("rules", ["--rewriter", "rules"]),
                         ("spans", ["--rewriter", "spans", "--span-replies", str(tmp_path / "rep.jsonl")])):
