@@ -65,6 +65,7 @@ def by_source(cands: list[Candidate]) -> dict[str, Candidate]:
     ("2. Exercise regularly. At least 30 minutes.", "2. Exercise regularly."),
     ("- Eat a balanced diet rich in fruit and vegetables", "- Eat a balanced diet"),
     ("- Use the (optional) flag now", "- Use"),
+    ("2. Sleep - Get eight hours.", "2. Sleep -"),  # a body starting " - Get" would read as a bullet
     ("1. Setup\n   - a\n   - b", "1. Setup"),  # a short first line with more below: the whole line
     ("3. **Use [pandas](https://x.org)** for loading", "3. **Use [pandas](https://x.org)**"),
     ('3. "The End of the Line" by the band', '3. "The End of the Line"'),  # never inside quotes or code

@@ -235,7 +235,8 @@ def _balanced(text: str) -> bool:
 
 def _plain_head(first: str, pos: int, more: bool) -> int | None:
     """End of a plain head in `first` (marker ends at pos): at most HEAD_WORDS words, cut at a word boundary
-    before clause punctuation (kept in the head), a parenthesis, a dash or a function word."""
+    before a parenthesis or a function word, or after clause punctuation or a dash (kept in the head, so that
+    the body never starts with "- ")."""
     words = list(_WORD.finditer(first, pos))
     limit = min(len(words) if more else len(words) - 1, MAX_HEAD_WORDS)  # the body keeps >= 1 word
     best: int | None = None
@@ -248,6 +249,8 @@ def _plain_head(first: str, pos: int, more: bool) -> int | None:
         stop = (w.group()[-1] in ".,;:!?" or k >= HEAD_WORDS or nxt.startswith("(") or nxt in _DASHES
                 or (k >= 2 and nxt.lower() in _FUNCTION))
         if stop and best is not None:
+            if nxt in _DASHES and best == w.end() and (k + 1 < len(words) or more):
+                return words[k].end()  # "Sleep - Get eight hours": the dash goes with the head, not the body
             return best
     return best
 
