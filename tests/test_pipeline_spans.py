@@ -115,6 +115,10 @@ def test_heads_come_from_the_rules_not_the_model() -> None:
     (reply([([2], "Public transport that is"), ([3], "Road pricing")]), "only repeats the first words"),
     (reply([([2], "A title far longer than six words here"), ([3], "Road pricing")]), "longer than 6 words"),
     ('{"groups": [[{"paragraphs": [2]}, {"paragraphs": [3], "title": "Road pricing"}]]}', "has no title"),
+    # What the real 1.5B teacher did first: the opening as one branch and "everything else" as another.
+    (reply([([1], "Tools to ease traffic"), ([2, 3, 4, 5], "Specific measures")]), "includes paragraph [1]"),
+    (reply([([2, 3], "Transit and pricing"), ([4, 5], "Cycling and more")]), "the closing summary"),
+
     ('{"groups": [[{"paragraphs": "2", "title": "x y"}, {"paragraphs": [3], "title": "Road pricing"}]]}',
      '"paragraphs": a list of paragraph numbers'),
 ])
@@ -122,6 +126,19 @@ def test_bad_replies_are_rejected_with_reasons(raw: str, problem: str) -> None:
     r = parse_span_reply(raw, T4, T4_UNITS)
     assert not r.ok and r.runs == []
     assert any(problem in p for p in r.problems), r.problems
+
+
+def test_a_prose_branch_holds_one_point() -> None:
+    answer = "\n\n".join(["Intro."] + [f"Point {w} is made in this paragraph." for w in "abcdef"] + ["Bye."])
+    units = split_units(answer)
+    assert parse_span_reply(reply([([2], "First idea"), ([3, 4], "Second idea")]), answer, units).ok
+    r = parse_span_reply(reply([([2], "First idea"), ([3, 4, 5], "Other ideas")]), answer, units)
+    assert r.problems == ["group 1: branch 2 spans paragraphs 3-5: give each point its own branch (at most 2 "
+                          "paragraphs of plain text per branch)"]
+    # A section under a heading may hold more paragraphs: the rules give it a head.
+    headed = answer.replace("Point c", "## Point c\n\nPoint c")
+    units = split_units(headed)
+    assert parse_span_reply(reply([([2, 3], "First ideas"), ([4, 5, 6], "Heading part")]), headed, units).ok
 
 
 def test_code_is_never_part_of_a_group() -> None:

@@ -156,6 +156,8 @@ without seeing the other points.
 Rules:
 - A group holds two or more branches. A branch is one paragraph, or a few consecutive paragraphs about the \
 same point. The branches of a group follow each other directly, and groups never overlap.
+- A branch is ONE point. Never put the opening paragraph (usually [1]) or the closing one in a group, and \
+never make one branch of "everything after the introduction".
 - Keep out of every group: opening and closing sentences, paragraphs that introduce or sum up the points, \
 steps that need the result of an earlier step, paragraphs that refer back to another one ("This", "As \
 mentioned above", "However"), and code blocks.
@@ -211,7 +213,9 @@ Question:
 {{question}}
 
 Answer, paragraph by paragraph:
-{{paragraphs}}"""
+{{paragraphs}}
+
+Reply with the JSON object only: one branch per point, openings and closings outside the groups."""
 
 # The placeholders each template must contain (a --prompts override is checked against these).
 PLACEHOLDERS: dict[str, tuple[str, ...]] = {

@@ -81,7 +81,7 @@ _BOLD_LABEL = re.compile(r"^ {0,3}(\*\*|__)(?=\S)([^*_\n]{1,80}?)(?<=\S)\1[ \t]*
 _PLAIN_LABEL = re.compile(r"^ {0,3}([A-Z0-9][^:\n]{0,48}?):(?=[ \t]+\S|[ \t]*$)")
 _CONCLUSION = re.compile(
     r"^(in (summary|conclusion|short)|overall|to (summarize|summarise|sum up|conclude)|ultimately|"
-    r"by following|remember|all in all|these (tips|steps|strategies|are))\b",
+    r"by following|remember|all in all|these (tips|steps|strategies|are)|(taken )?together,? (these|they|all))\b",
     re.IGNORECASE,
 )
 _CONCLUSION_HEADING = re.compile(

@@ -35,6 +35,7 @@ from typing import Any
 from aspd.markup import MarkupError, word_count
 from aspd.pipeline.prompts import DEFAULT_PROMPTS, Prompts, span_messages
 from aspd.pipeline.rules import (
+    _CONCLUSION,
     MIN_ANSWER_WORDS,
     Item,
     RuleRewriter,
@@ -223,6 +224,10 @@ def parse_span_reply(raw: str, answer: str, units: Sequence[Unit]) -> SpanReply:
         if len(spans) != len(group):
             continue
         last = spans[-1][1]
+        shape = _shape_problem(answer, units, spans)
+        if shape is not None:
+            out.problems.append(f"{where}: {shape}")
+            continue
         run, problems = _group_run(answer, units, spans, where)
         out.problems += problems
         if run is None and not problems:
@@ -232,6 +237,27 @@ def parse_span_reply(raw: str, answer: str, units: Sequence[Unit]) -> SpanReply:
     if out.problems:
         out.runs = []
     return out
+
+
+MAX_PROSE_PARAGRAPHS = 2  # a prose branch longer than this is several points (or the whole answer) in one
+
+
+def _shape_problem(answer: str, units: Sequence[Unit], spans: Sequence[tuple[int, int, Any]]) -> str | None:
+    """A group that cannot be one point per branch: it takes in the opening paragraph or a closing summary,
+    or lumps many prose paragraphs into one branch (small models like to split "intro | everything else")."""
+    def text(i: int) -> str:
+        return answer[units[i - 1].start : units[i - 1].end]
+
+    first, stop = spans[0][0], spans[-1][1]
+    if first == 1 and len(units) > 2 and split_head(text(1)) is None:
+        return "includes paragraph [1], the opening of the answer (openings stay outside groups)"
+    if stop == len(units) and stop > 2 and _CONCLUSION.match(text(stop).lstrip("*_ ")):
+        return f"includes paragraph [{stop}], the closing summary (it stays outside groups)"
+    for b, (a, z, _) in enumerate(spans, 1):
+        if z - a + 1 > MAX_PROSE_PARAGRAPHS and split_head(answer[units[a - 1].start : units[z - 1].end]) is None:
+            return (f"branch {b} spans paragraphs {a}-{z}: give each point its own branch "
+                    f"(at most {MAX_PROSE_PARAGRAPHS} paragraphs of plain text per branch)")
+    return None
 
 
 def _group_run(answer: str, units: Sequence[Unit], spans: Sequence[tuple[int, int, Any]],
