@@ -427,11 +427,9 @@ class SpanRewriter:
         bad: tuple[str, list[str]] | None = None
         for raw in self.replies.get(sample.id, []):
             c, reply = self._candidate(raw, sample.answer, units)
-            if reply.ok:
-                out.append(c)
-            else:
+            out.append(c)
+            if not reply.ok:
                 bad = (raw, reply.problems)
-                out.append(c)
         usable = [c for c in out if c.has_parallel is not None]
         if not usable and self.retry is not None:
             self.retry({"id": sample.id, "messages": retry_messages(messages, *bad) if bad else messages})
