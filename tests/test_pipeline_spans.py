@@ -128,6 +128,17 @@ def test_bad_replies_are_rejected_with_reasons(raw: str, problem: str) -> None:
     assert any(problem in p for p in r.problems), r.problems
 
 
+def test_the_teachers_second_try_is_rejected_too() -> None:
+    """Round two of the real probe: the first point, then "the rest" (two titled points and the closing)."""
+    answer = BY_ID["t9"]["answer"]
+    units = split_units(answer)
+    r = parse_span_reply(reply([([2], "Money troubles"), ([3, 4, 5], "Causes and their interplay")]), answer, units)
+    assert r.problems == ["group 1: includes paragraph [5], the closing summary (it stays outside groups)"]
+    r = parse_span_reply(reply([([2], "Money troubles"), ([3, 4], "Society and ideas")]), answer, units)
+    assert r.problems == ["group 1: branch 2 holds several points (paragraph [4] opens a point of its own)"]
+    assert parse_span_reply(reply([([2], "Money"), ([3], "Estates"), ([4], "Ideas")]), answer, units).ok
+
+
 def test_a_prose_branch_holds_one_point() -> None:
     answer = "\n\n".join(["Intro."] + [f"Point {w} is made in this paragraph." for w in "abcdef"] + ["Bye."])
     units = split_units(answer)

@@ -166,7 +166,8 @@ words of the paragraph, and do not write numbers or words like "Point 1" or "Tit
 - If nothing can be grouped, reply {"groups": []}.
 
 Reply with one JSON object and nothing else, in this form:
-{"groups": [[{"paragraphs": [2], "title": "..."}, {"paragraphs": [3, 4], "title": "..."}]]}
+{"groups": [[{"paragraphs": [2], "title": "..."}, {"paragraphs": [3], "title": "..."}, {"paragraphs": [4], \
+"title": "..."}]]}
 
 Example 1.
 Question: How can a small cafe cut its energy bill?

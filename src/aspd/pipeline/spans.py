@@ -3,7 +3,7 @@
 The answer is shown with its paragraphs numbered ([1], [2], ...; a code block is one paragraph, shown as a
 placeholder and never part of a group). The model replies with JSON:
 
-    {"groups": [[{"paragraphs": [2], "title": "Kitchen appliances"}, {"paragraphs": [3, 4], "title": "..."}]]}
+    {"groups": [[{"paragraphs": [2], "title": "Kitchen appliances"}, {"paragraphs": [3, 4], "title": "Lighting"}]]}
 
 Each inner list is a group of >= 2 branches; a branch is a run of consecutive paragraphs, the branches of a
 group follow each other directly, groups do not overlap. Replies are parsed strictly (`parse_span_reply`):
@@ -35,6 +35,7 @@ from typing import Any
 from aspd.markup import MarkupError, word_count
 from aspd.pipeline.prompts import DEFAULT_PROMPTS, Prompts, span_messages
 from aspd.pipeline.rules import (
+    _BACK_REFERENCE,
     _CONCLUSION,
     MIN_ANSWER_WORDS,
     Item,
@@ -251,13 +252,33 @@ def _shape_problem(answer: str, units: Sequence[Unit], spans: Sequence[tuple[int
     first, stop = spans[0][0], spans[-1][1]
     if first == 1 and len(units) > 2 and split_head(text(1)) is None:
         return "includes paragraph [1], the opening of the answer (openings stay outside groups)"
-    if stop == len(units) and stop > 2 and _CONCLUSION.match(text(stop).lstrip("*_ ")):
+    closing = text(stop).lstrip("*_ ")
+    if stop == len(units) and stop > 2 and (_CONCLUSION.match(closing) or _BACK_REFERENCE.match(closing)):
         return f"includes paragraph [{stop}], the closing summary (it stays outside groups)"
+    def run_text(i: int, j: int) -> str:  # a heading alone on its paragraph heads what follows it
+        return answer[units[i - 1].start : units[j - 1].end]
+
     for b, (a, z, _) in enumerate(spans, 1):
-        if z - a + 1 > MAX_PROSE_PARAGRAPHS and split_head(answer[units[a - 1].start : units[z - 1].end]) is None:
+        shape = _head_shape(run_text(a, z))
+        for k in range(a + 1, z + 1):
+            later = _head_shape(run_text(k, z))
+            if later is not None and (shape is None or later == shape):
+                return f"branch {b} holds several points (paragraph [{k}] opens a point of its own)"
+        if z - a + 1 > MAX_PROSE_PARAGRAPHS and shape is None:
             return (f"branch {b} spans paragraphs {a}-{z}: give each point its own branch "
                     f"(at most {MAX_PROSE_PARAGRAPHS} paragraphs of plain text per branch)")
     return None
+
+
+def _head_shape(text: str) -> str | None:
+    """What kind of head a paragraph opens with (heading, bold, numbered, bullet, label), or None."""
+    head = split_head(text)
+    if head is None:
+        return None
+    for shape, pattern in (("heading", r"#"), ("bold", r"\*\*|__"), ("numbered", r"\d"), ("bullet", r"[-*+\u2022]")):
+        if re.match(pattern, head):
+            return shape
+    return "label"
 
 
 def _group_run(answer: str, units: Sequence[Unit], spans: Sequence[tuple[int, int, Any]],
