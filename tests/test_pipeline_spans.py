@@ -116,7 +116,7 @@ def test_heads_come_from_the_rules_not_the_model() -> None:
     (reply([([2], "A title far longer than six words here"), ([3], "Road pricing")]), "longer than 6 words"),
     ('{"groups": [[{"paragraphs": [2]}, {"paragraphs": [3], "title": "Road pricing"}]]}', "has no title"),
     # What the real 1.5B teacher did first: the opening as one branch and "everything else" as another.
-    (reply([([1], "Tools to ease traffic"), ([2, 3, 4, 5], "Specific measures")]), "includes paragraph [1]"),
+    (reply([([1, 2], "Tools and transit"), ([3], "Road pricing")]), "includes paragraph [1]"),
     (reply([([2, 3], "Transit and pricing"), ([4, 5], "Cycling and more")]), "the closing summary"),
 
     ('{"groups": [[{"paragraphs": "2", "title": "x y"}, {"paragraphs": [3], "title": "Road pricing"}]]}',
@@ -137,6 +137,26 @@ def test_the_teachers_second_try_is_rejected_too() -> None:
     r = parse_span_reply(reply([([2], "Money troubles"), ([3, 4], "Society and ideas")]), answer, units)
     assert r.problems == ["group 1: branch 2 holds several points (paragraph [4] opens a point of its own)"]
     assert parse_span_reply(reply([([2], "Money"), ([3], "Estates"), ([4], "Ideas")]), answer, units).ok
+
+
+def test_opening_and_closing_branches_at_the_edges_are_trimmed() -> None:
+    """Round three of the real probe: one paragraph per point, but the opening and the closing listed too."""
+    answer = BY_ID["t9"]["answer"]
+    raw = reply([([1], "Main causes of the French Revolution"), ([2], "Financial crisis"), ([3], "Social inequality"),
+                 ([4], "Enlightenment ideas"), ([5], "Pressure on the Estates-General")])
+    r = parse_span_reply(raw, answer, split_units(answer))
+    assert r.ok and [it.title for it in r.runs[0].items] == ["Financial crisis:", "Social inequality:",
+                                                             "Enlightenment ideas:"]
+    # Its labels for T4's prose were the paragraphs' first words: rejected, so a retry round asks again.
+    raw = reply([([1], "Tools to ease traffic"), ([2], "Public transport"), ([3], "Congestion pricing"),
+                 ([4], "Safe cycling infrastructure"), ([5], "Together these measures")])
+    r = parse_span_reply(raw, T4, T4_UNITS)
+    assert [p.split(":")[0] for p in r.problems] == ["group 1, branch 1", "group 1, branch 2", "group 1, branch 3"]
+    assert "only repeats the first words" in r.problems[0]
+    # Round one's "opening | everything else": once the opening goes, one branch is left, so no group.
+    r = parse_span_reply(reply([([1], "Tools to ease traffic"), ([2, 3, 4, 5], "Specific measures")]), T4, T4_UNITS)
+    assert r.ok and r.runs == [] and r.skipped == ["group 1 left serial: under 2 branches without the opening and "
+                                                   "closing paragraphs"]
 
 
 def test_a_prose_branch_holds_one_point() -> None:

@@ -225,6 +225,10 @@ def parse_span_reply(raw: str, answer: str, units: Sequence[Unit]) -> SpanReply:
         if len(spans) != len(group):
             continue
         last = spans[-1][1]
+        spans = _trim_edges(answer, units, spans)
+        if len(spans) < 2:
+            out.skipped.append(f"{where} left serial: under 2 branches without the opening and closing paragraphs")
+            continue
         shape = _shape_problem(answer, units, spans)
         if shape is not None:
             out.problems.append(f"{where}: {shape}")
@@ -243,17 +247,32 @@ def parse_span_reply(raw: str, answer: str, units: Sequence[Unit]) -> SpanReply:
 MAX_PROSE_PARAGRAPHS = 2  # a prose branch longer than this is several points (or the whole answer) in one
 
 
+def _is_opening(answer: str, units: Sequence[Unit], i: int) -> bool:
+    return i == 1 and len(units) > 2 and split_head(answer[units[0].start : units[0].end]) is None
+
+
+def _is_closing(answer: str, units: Sequence[Unit], i: int) -> bool:
+    text = answer[units[i - 1].start : units[i - 1].end].lstrip("*_ ")
+    return i == len(units) > 2 and bool(_CONCLUSION.match(text) or _BACK_REFERENCE.match(text))
+
+
+def _trim_edges(answer: str, units: Sequence[Unit], spans: list[tuple[int, int, Any]]) -> list[tuple[int, int, Any]]:
+    """Drop a first branch that is just the answer's opening paragraph and a last one that is just its
+    closing summary: the real 1.5B teacher labels those as points even when it splits the rest well."""
+    if spans and spans[0][0] == spans[0][1] and _is_opening(answer, units, spans[0][0]):
+        spans = spans[1:]
+    if spans and spans[-1][0] == spans[-1][1] and _is_closing(answer, units, spans[-1][0]):
+        spans = spans[:-1]
+    return spans
+
+
 def _shape_problem(answer: str, units: Sequence[Unit], spans: Sequence[tuple[int, int, Any]]) -> str | None:
     """A group that cannot be one point per branch: it takes in the opening paragraph or a closing summary,
     or lumps many prose paragraphs into one branch (small models like to split "intro | everything else")."""
-    def text(i: int) -> str:
-        return answer[units[i - 1].start : units[i - 1].end]
-
     first, stop = spans[0][0], spans[-1][1]
-    if first == 1 and len(units) > 2 and split_head(text(1)) is None:
+    if _is_opening(answer, units, first):
         return "includes paragraph [1], the opening of the answer (openings stay outside groups)"
-    closing = text(stop).lstrip("*_ ")
-    if stop == len(units) and stop > 2 and (_CONCLUSION.match(closing) or _BACK_REFERENCE.match(closing)):
+    if _is_closing(answer, units, stop):
         return f"includes paragraph [{stop}], the closing summary (it stays outside groups)"
     def run_text(i: int, j: int) -> str:  # a heading alone on its paragraph heads what follows it
         return answer[units[i - 1].start : units[j - 1].end]
