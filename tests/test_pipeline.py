@@ -42,9 +42,9 @@ These small habits add up over a year."""
 
 MARKED = """Here are three ways to save energy at home.
 <branchgroup>
-<branch title="Lights">- Turn off lights when you leave a room.</branch>
-<branch title="Laundry">- Wash clothes in cold water.</branch>
-<branch title="Drafts">- Seal drafts around windows and doors.</branch>
+<branch title="- Turn off lights"> when you leave a room.</branch>
+<branch title="- Wash clothes"> in cold water.</branch>
+<branch title="- Seal drafts"> around windows and doors.</branch>
 </branchgroup>
 These small habits add up over a year."""
 
@@ -66,13 +66,17 @@ REPLIES = {
     "two_blocks": f"PARALLEL: yes\n<<<ANSWER\n{MARKED}\nANSWER>>>\n<<<ANSWER\n{MARKED}\nANSWER>>>",
     "broken_markup": "PARALLEL: yes\n<<<ANSWER\n" + MARKED.replace("cold water.</branch>", "cold water.")
     + "\nANSWER>>>",
-    "duplicate_titles": GOOD.replace('title="Drafts"', 'title="Lights"'),
+    "duplicate_titles": GOOD.replace('title="- Seal drafts"', 'title="- Turn off lights"'),
+    # The marker inside the body under a hidden label: branches decoded in parallel would each guess it.
+    "label_with_marker": GOOD.replace('title="- Turn off lights"> when', 'title="Lights">- Turn off lights when'),
+    "numbers_skip": GOOD.replace("- Turn off lights", "1. Turn off lights").replace("- Wash clothes", "3. Wash clothes")
+    .replace("- Seal drafts", "4. Seal drafts"),
     "one_branch": "PARALLEL: yes\n<<<ANSWER\nHere are three ways to save energy at home.\n<branchgroup>\n"
     '<branch title="All">- Turn off lights when you leave a room.\n- Wash clothes in cold water.\n'
     "- Seal drafts around windows and doors.</branch>\n</branchgroup>\nThese small habits add up over a year."
     "\nANSWER>>>",
-    "changed_content": GOOD.replace("Wash clothes in cold water.", "Always run the dishwasher full and skip the "
-                                    "dryer on sunny days."),
+    "changed_content": GOOD.replace("> in cold water.", "> and always run the dishwasher full and skip the dryer "
+                                    "on sunny days."),
     "no_groups": f"PARALLEL: yes\n<<<ANSWER\n{ANSWER}\nANSWER>>>",
 }
 
@@ -154,6 +158,8 @@ def test_parse_verdict_keeps_the_reason() -> None:
     ("duplicate_titles", "markup", "parse"),
     ("one_branch", "markup", "parse"),
     ("changed_content", "content", "content"),
+    ("label_with_marker", "markers", "markers"),
+    ("numbers_skip", "markers", "markers"),
     ("no_groups", "no_group", "groups"),
 ])
 def test_check_candidate(key: str, drop: str | None, failed: str | None) -> None:
@@ -163,11 +169,15 @@ def test_check_candidate(key: str, drop: str | None, failed: str | None) -> None
     if failed is None:
         assert r.doc is not None and render(r.doc) == MARKED
         assert all(v["ok"] for v in r.checks.values())
-        assert list(r.checks) == ["reply", "parse", "groups", "branches", "titles", "content"]
+        assert list(r.checks) == ["reply", "parse", "groups", "branches", "titles", "markers", "content"]
     else:
         assert r.doc is None and r.checks[failed]["ok"] is False and r.reason.startswith(failed)
     if key == "duplicate_titles":
-        assert "duplicate title 'Lights'" in (r.parse_error or "")
+        assert "duplicate title '- Turn off lights'" in (r.parse_error or "")
+    if key == "label_with_marker":
+        assert r.reason == "markers: group 1: branch 1 ('Lights') starts with the list marker '-'"
+    if key == "numbers_skip":
+        assert r.reason == "markers: group 1: numbered heads are not consecutive: [1, 3, 4]"
 
 
 def test_similarity_threshold_is_configurable() -> None:
@@ -296,20 +306,20 @@ Packing:
 - a warm jacket
 - sturdy boots
 Food:
-- sandwiches
+- sandwiches with cheese
 - a flask of tea
 Enjoy the hike."""
 
 TWO_GROUP_MARKED = """Plan the trip in two parts.
 Packing:
 <branchgroup>
-<branch title="Jacket">- a warm jacket</branch>
-<branch title="Boots">- sturdy boots</branch>
+<branch title="- a warm"> jacket</branch>
+<branch title="- sturdy"> boots</branch>
 </branchgroup>
 Food:
 <branchgroup>
-<branch title="Sandwiches">- sandwiches</branch>
-<branch title="Tea">- a flask of tea</branch>
+<branch title="- sandwiches"> with cheese</branch>
+<branch title="- a flask"> of tea</branch>
 </branchgroup>
 Enjoy the hike."""
 
@@ -339,11 +349,11 @@ def test_process_sample_happy_path_keeps_input_fields() -> None:
 
 def test_failing_group_is_reverted_and_the_rest_kept() -> None:
     s = sample(TWO_GROUP_ANSWER)
-    judge = Scripted({"Jacket": [YES], "Sandwiches": [NO, NO, YES]}, integrity=[YES], answer=[YES])
+    judge = Scripted({"- a warm": [YES], "- sandwiches": [NO, NO, YES]}, integrity=[YES], answer=[YES])
     out = run(process_sample(s, Recorded(f"PARALLEL: yes\n<<<ANSWER\n{TWO_GROUP_MARKED}\nANSWER>>>"), judge))
     assert out["parallel"] is True
     doc = parse(out["markup"])
-    assert [g.titles for g in doc.groups] == [("Jacket", "Boots")]
+    assert [g.titles for g in doc.groups] == [("- a warm", "- sturdy")]
     assert flatten(doc) == TWO_GROUP_ANSWER
     ind = out["candidates"][0]["independence"]
     assert [g["kept"] for g in ind["groups"]] == [True, False] and ind["groups"][1]["yes"] == 1
@@ -353,7 +363,7 @@ def test_failing_group_is_reverted_and_the_rest_kept() -> None:
 
 
 def test_unparseable_votes_count_against() -> None:
-    out = run(process_sample(sample(), Recorded(GOOD), Scripted({"Lights": [YES, MAYBE, MAYBE]},
+    out = run(process_sample(sample(), Recorded(GOOD), Scripted({"- Turn off lights": [YES, MAYBE, MAYBE]},
                                                                  integrity=[YES], answer=[YES])))
     assert out["parallel"] is False and out["markup"] == ANSWER
     c = out["candidates"][0]
@@ -385,7 +395,7 @@ def test_stage_skipped_when_judge_cannot_vote() -> None:
 
 
 def test_selection_among_survivors() -> None:
-    fewer = GOOD.replace('<branch title="Drafts">- Seal drafts around windows and doors.</branch>\n', "").replace(
+    fewer = GOOD.replace('<branch title="- Seal drafts"> around windows and doors.</branch>\n', "").replace(
         "</branchgroup>\n", '</branchgroup>\n- Seal drafts around windows and doors.\n')
     out = run(process_sample(sample(), Recorded(fewer, GOOD), ALL_YES))
     assert [c["verdict"] for c in out["candidates"]] == ["passed", "selected"]
@@ -486,6 +496,11 @@ def test_transform_file_summary_adds_up(tmp_path: Path) -> None:
                                                               if k not in ("independence", "integrity", "answer"))
     assert summary["ppd"] == {"before": 0.0, "after": 1.0}
     assert summary["abn"]["after"] == 3.0 and 0 < summary["dp"]["after"] < 1
+    assert summary["dp"]["parallel_samples_mean"] == pytest.approx(recs[0]["stats"]["dp"])  # all alike here
+    assert summary["checks"]["markers"] == {"ran": 10, "passed": 10}
+    assert summary["checks"]["content"] == {"ran": 10, "passed": 5}
+    assert summary["by_source"] == {"recorded": {"candidates": 10, "passed_checks": 5, "passed_independence": 5,
+                                                 "passed_integrity": 5, "passed_answer": 5, "selected": 5}}
     assert summary["this_run"]["bad_input_lines"] == 1 and summary["this_run"]["processed"] == 5
     with pytest.raises(InputError, match="--resume"):
         transform(inp, out, Recorded(GOOD), ALL_YES, cfg(), report=lambda _: None)
@@ -664,7 +679,7 @@ def test_cli_with_rule_rewriter_when_available(tmp_path: Path, capsys: pytest.Ca
                                               {"id": "b", "question": "Hi", "answer": "Hello."}])
     out = tmp_path / "out.jsonl"
     assert main(["transform", "--input", str(inp), "--output", str(out), "--rewriter", "rules",
-                 "--no-progress"]) == 0
+                 "--no-progress", "--min-words", "0"]) == 0
     recs = {r["id"]: r for r in read_output(out)}
     assert recs["b"]["parallel"] is False and recs["b"]["markup"] == "Hello."
     assert flatten(parse(recs["a"]["markup"])) == ANSWER

@@ -24,6 +24,7 @@ from serverutil import LoopbackEndpoint, chat_reply, send_json
 from aspd.cli import main
 from aspd.pipeline.backends import CallLog, use_log
 from aspd.pipeline.backends.openai_compat import OpenAICompatBackend
+from aspd.pipeline.rules import split_head
 
 HANG = 2.0  # seconds a "timeout" reply hangs; clients here time out after TIMEOUT
 TIMEOUT = 1.0
@@ -39,7 +40,10 @@ def auto_markup(answer: str) -> str:
     end = start
     while end < len(lines) and lines[end].startswith("- "):
         end += 1
-    branches = [f'<branch title="Item {i}">{line}</branch>' for i, line in enumerate(lines[start:end], 1)]
+    # Heads as the markers check wants them: the marker and first words in the title, the rest in the body.
+    heads = [split_head(line) or f"Item {i}" for i, line in enumerate(lines[start:end], 1)]
+    branches = [f'<branch title="{h}">{line[len(h):] if line.startswith(h) else line}</branch>'
+                for h, line in zip(heads, lines[start:end], strict=True)]
     marked = [*lines[:start], "<branchgroup>", *branches, "</branchgroup>", *lines[end:]]
     return "PARALLEL: yes\n<<<ANSWER\n" + "\n".join(marked) + "\nANSWER>>>"
 

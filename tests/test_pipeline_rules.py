@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import re
 
 import pytest
 import torch
@@ -13,9 +14,17 @@ from hypothesis import strategies as st
 
 from aspd.attention import forward_layout
 from aspd.layout import Kind, build_layout
-from aspd.markup import Branch, Document, Group, Serial, flatten, parse, same_text
+from aspd.markup import Branch, Document, Group, Serial, flatten, is_head, parse, same_text
 from aspd.pipeline.likelihood import LikelihoodJudge, branch_dependence, pooled
-from aspd.pipeline.rules import RuleRewriter, find_runs, title_from
+from aspd.pipeline.rules import (
+    RuleRewriter,
+    find_runs,
+    head_number,
+    keyphrases,
+    marker_problems,
+    split_head,
+    title_from,
+)
 from aspd.pipeline.types import Candidate, Sample
 from aspd.sample import chat_spans
 from aspd.testing import tiny_model, tiny_tokenizer
@@ -24,11 +33,14 @@ from aspd.tokens import add_control_tokens
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def rewrite(answer: str, n: int = 4) -> list[Candidate]:
-    out = asyncio.run(RuleRewriter().rewrite(Sample("s", [{"role": "user", "content": "q"}], answer, {}), n))
+def rewrite(answer: str, n: int = 4, min_words: int = 0) -> list[Candidate]:
+    rw = RuleRewriter(min_words=min_words)
+    out = asyncio.run(rw.rewrite(Sample("s", [{"role": "user", "content": "q"}], answer, {}), n))
     for c in out:
         if c.markup is not None:
-            assert c.has_parallel and same_text(flatten(parse(c.markup)), answer), c.markup
+            doc = parse(c.markup)
+            assert c.has_parallel and same_text(flatten(doc), answer), c.markup
+            assert all(marker_problems(g) == [] for g in doc.groups), c.markup
     return out
 
 
@@ -39,6 +51,47 @@ def groups_of(c: Candidate) -> list[list[tuple[str, str]]]:
 
 def by_source(cands: list[Candidate]) -> dict[str, Candidate]:
     return {c.source: c for c in cands}
+
+
+# ---------------------------------------------------------------------------------------------- heads
+
+
+@pytest.mark.parametrize(("text", "head"), [
+    ("1. **Diet**: Eat more", "1. **Diet**:"),
+    ("- Walk daily to stay fit.", "- Walk daily"),
+    ("## Sleep\n\nText", "## Sleep"),
+    ("**Sleep**\nText", "**Sleep**"),
+    ("Cost: text", "Cost:"),
+    ("2. Exercise regularly. At least 30 minutes.", "2. Exercise regularly."),
+    ("- Eat a balanced diet rich in fruit and vegetables", "- Eat a balanced diet"),
+    ("- Use the (optional) flag now", "- Use"),
+    ("2. Sleep - Get eight hours.", "2. Sleep -"),  # a body starting " - Get" would read as a bullet
+    ("1. Setup\n   - a\n   - b", "1. Setup"),  # a short first line with more below: the whole line
+    ("3. **Use [pandas](https://x.org)** for loading", "3. **Use [pandas](https://x.org)**"),
+    ('3. "The End of the Line" by the band', '3. "The End of the Line"'),  # never inside quotes or code
+    ("- Run `pip install x` first", "- Run `pip install x`"),
+    ("- fast", None),  # no body would be left
+    ("Just prose, no marker.", None),
+])
+def test_split_head(text: str, head: str | None) -> None:
+    assert split_head(text) == head
+    if head is not None:
+        assert is_head(head) and "\n" not in head and text.startswith(head)
+        assert not re.match(r"[ \t]*(\d+[.)]|[-*+•])\s", text[len(head) :])  # the body never starts with a marker
+
+
+def test_marker_problems() -> None:
+    ok = Group((Branch("1. **A**:", " x"), Branch("2. **B**:", " y"), Branch("## C", "\n- own list")))
+    assert marker_problems(ok) == ["some heads are numbered and others are not"]
+    assert marker_problems(Group((Branch("1. A", " x"), Branch("2. B", " y")))) == []
+    assert marker_problems(Group((Branch("2. A", " x"), Branch("2. B", " y")))) == [
+        "numbered heads are not consecutive: [2, 2]"]
+    assert marker_problems(Group((Branch("A", "1. x"), Branch("B", "\n\n* y")))) == [
+        "branch 1 ('A') starts with the list marker '1.'", "branch 2 ('B') starts with the list marker '*'"]
+    # Below its head, on a new line, a list belongs to the head's section; on the head's line it does not.
+    assert marker_problems(Group((Branch("Pros:", "\n- a"), Branch("Cons:", " - b")))) == [
+        "branch 2 ('Cons:') starts with the list marker '-'"]
+    assert head_number("## 3. Diet") == 3 and head_number("**4. Sleep**") == 4 and head_number("Diet") is None
 
 
 # ---------------------------------------------------------------------------------------------- rules
@@ -52,28 +105,32 @@ NUMBERED = """Here are three tips:
 In summary, habits matter."""
 
 
-def test_numbered_list_keeps_markers_and_exact_text() -> None:
+def test_numbered_list_gets_heads_and_exact_text() -> None:
     (c,) = rewrite(NUMBERED)
     assert c.source == "rules:outer"
     assert groups_of(c) == [[
-        ("Eat well", "1. **Eat well**: Focus on vegetables."),
-        ("Exercise regularly", "2. Exercise regularly. At least 30 minutes."),
-        ("Sleep", "3) Sleep: 8 hours a night."),
+        ("1. **Eat well**:", " Focus on vegetables."),
+        ("2. Exercise regularly.", " At least 30 minutes."),
+        ("3) Sleep:", " 8 hours a night."),
     ]]
     assert flatten(parse(c.markup or "")) == NUMBERED  # tags on their own lines: exact, not only same_text
     doc = parse(c.markup or "")
     assert doc.segments[0] == parse("Here are three tips:\n").segments[0]
 
 
-def test_bullets_in_two_lists_make_two_groups() -> None:
-    answer = "Pros:\n- fast\n- cheap\n\nCons:\n* slow\n* ugly\n• heavy\n"
+def test_pros_and_cons_blocks() -> None:
+    answer = "Pros:\n- fast to build\n- cheap to run\n\nCons:\n* slow at scale\n* ugly output\n• heavy install\n"
     cands = by_source(rewrite(answer))
-    assert set(cands) == {"rules:outer", "rules:longest"}  # inner and lists equal outer: deduplicated
-    assert groups_of(cands["rules:outer"]) == [
-        [("fast", "- fast"), ("cheap", "- cheap")],
-        [("slow", "* slow"), ("ugly", "* ugly"), ("heavy", "• heavy")],
+    assert set(cands) == {"rules:outer", "rules:inner"}  # longest equals outer, lists equals inner
+    assert groups_of(cands["rules:outer"]) == [[
+        ("Pros:", "\n- fast to build\n- cheap to run"), ("Cons:", "\n* slow at scale\n* ugly output\n• heavy install")]]
+    assert groups_of(cands["rules:inner"]) == [
+        [("- fast", " to build"), ("- cheap", " to run")],
+        [("* slow", " at scale"), ("* ugly", " output"), ("• heavy", " install")],
     ]
-    assert [len(g) for g in groups_of(cands["rules:longest"])] == [3]
+    # "Output:" / "Here is the code:" lines around code are no pros/cons: what follows them is dependent.
+    code = "Here is the code:\n```python\nprint(1)\n```\nOutput:\n```\n1\n```\n"
+    assert rewrite(code)[0].has_parallel is False
 
 
 HEADED = """# Guide
@@ -82,8 +139,8 @@ Intro text.
 ## Diet
 Eat well.
 
-- fruit
-- veg
+- fresh fruit
+- green veg
 
 ## Exercise
 Move every day.
@@ -95,20 +152,28 @@ Done."""
 def test_headed_sections_outer_and_lists_inner() -> None:
     cands = by_source(rewrite(HEADED))
     assert groups_of(cands["rules:outer"]) == [[
-        ("Diet", "## Diet\nEat well.\n\n- fruit\n- veg"),
-        ("Exercise", "## Exercise\nMove every day."),
+        ("## Diet", "\nEat well.\n\n- fresh fruit\n- green veg"),
+        ("## Exercise", "\nMove every day."),
     ]]
     # The closing section and the title stay serial.
     serial = [s.text for s in parse(cands["rules:outer"].markup or "").segments if not isinstance(s, Group)]
     assert serial == ["# Guide\nIntro text.\n", "\n## Conclusion\nDone."]
-    assert groups_of(cands["rules:inner"]) == [[("fruit", "- fruit"), ("veg", "- veg")]]
+    assert groups_of(cands["rules:inner"]) == [[("- fresh", " fruit"), ("- green", " veg")]]
 
 
-def test_bold_line_headings_and_closing_paragraph() -> None:
-    answer = "**Pros:**\nIt is fast.\n\n**Cons:**\nIt is slow.\n\nOverall, it depends."
+def test_bold_title_paragraphs_the_teacher_shape() -> None:
+    answer = ("Good sleep rests on a few habits.\n\n**Regular schedule**\nGoing to bed at the same time trains the "
+              "body clock.\n\n**Dark, cool room**\nA bedroom at about 18 degrees with no light helps.\n\n"
+              "**No screens:**\nPhones keep the brain awake.\n\nOverall, it depends.")
     (c,) = rewrite(answer)
-    assert groups_of(c) == [[("Pros", "**Pros:**\nIt is fast."), ("Cons", "**Cons:**\nIt is slow.")]]
+    assert groups_of(c) == [[("**Regular schedule**", "\nGoing to bed at the same time trains the body clock."),
+                             ("**Dark, cool room**", "\nA bedroom at about 18 degrees with no light helps."),
+                             ("**No screens:**", "\nPhones keep the brain awake.")]]
     assert parse(c.markup or "").segments[-1] == Serial("\nOverall, it depends.")
+    # The same with the title on the paragraph's line: labelled paragraphs.
+    inline = answer.replace("**\nGoing", "**: Going").replace("room**\nA", "room**: A").replace(":**\nPhones", ":** Phones")
+    (c,) = rewrite(inline)
+    assert [t for t, _ in groups_of(c)[0]] == ["**Regular schedule**:", "**Dark, cool room**:", "**No screens:**"]
 
 
 def test_labelled_paragraphs() -> None:
@@ -118,9 +183,9 @@ def test_labelled_paragraphs() -> None:
     )
     (c,) = rewrite(answer)
     assert groups_of(c) == [[
-        ("Option A", "Option A: cheap but slow."),
-        ("Option B", "**Option B**: fast but pricey.\nAlso loud."),
-        ("Option C", "Option C: balanced."),
+        ("Option A:", " cheap but slow."),
+        ("**Option B**:", " fast but pricey.\nAlso loud."),
+        ("Option C:", " balanced."),
     ]]
 
 
@@ -128,7 +193,7 @@ def test_code_fences_are_never_split_or_searched() -> None:
     code = "```bash\npip install x\n2. not an item\n- nor this\n# nor a heading\n```"
     answer = f"Steps:\n\n1. Install:\n{code}\n2. Run it:\n\n    x --go\n\nDone."
     (c,) = rewrite(answer)
-    assert groups_of(c) == [[("Install", f"1. Install:\n{code}"), ("Run it", "2. Run it:\n\n    x --go")]]
+    assert groups_of(c) == [[("1. Install:", f"\n{code}"), ("2. Run it:", "\n\n    x --go")]]
     # A fence alone never yields a group, whatever it holds.
     assert rewrite(f"Look:\n\n{code}\n\n~~~\n- a\n- b\n~~~")[0].has_parallel is False
 
@@ -138,8 +203,8 @@ def test_nested_lists_stay_in_their_parent_item() -> None:
     cands = rewrite(answer)
     assert len(cands) == 1
     assert groups_of(cands[0]) == [[
-        ("Setup", "1. Setup\n   - a\n   - b"),
-        ("Use", "2. Use\n   1. one\n   2. two\n\n   More about use."),
+        ("1. Setup", "\n   - a\n   - b"),
+        ("2. Use", "\n   1. one\n   2. two\n\n   More about use."),
     ]]
 
 
@@ -148,29 +213,79 @@ def test_unindented_paragraphs_of_numbered_items() -> None:
     answer = "1. **First**\n\nWhy it matters.\n\n- sub a\n- sub b\n\n2. **Second**\n\nMore.\n\nIn short, do both."
     (c,) = rewrite(answer)
     assert groups_of(c) == [[
-        ("First", "1. **First**\n\nWhy it matters.\n\n- sub a\n- sub b"),
-        ("Second", "2. **Second**\n\nMore."),
+        ("1. **First**", "\n\nWhy it matters.\n\n- sub a\n- sub b"),
+        ("2. **Second**", "\n\nMore."),
     ]]
-    # A new list starting over at 1 is a new run, and "1. 1. 1." (Markdown auto-numbering) is one run.
-    runs = find_runs("1. a\n2. b\n\nThen:\n\n1. c\n2. d\n\n1. x\n1. y\n1. z")
-    assert [len(r.items) for r in runs] == [2, 2, 3]
+    # A new list starting over at 1 is a new run; "1. 1. 1." (Markdown auto-numbering) would number its heads
+    # wrongly and stays serial.
+    runs = find_runs("1. ab cd\n2. ef gh\n\nThen:\n\n1. ij kl\n2. mn op\n\n1. qr st\n1. uv wx\n1. yz ab")
+    assert [[it.title for it in r.items] for r in runs] == [["1. ab", "2. ef"], ["1. ij", "2. mn"]]
+
+
+def test_sequential_steps_stay_serial() -> None:
+    steps = "1. Download the installer.\n2. Then run it as admin.\n3. Reboot when it asks."
+    assert find_runs(steps) == []
+    ref = "1. **Create** a file named app.py.\n2. **Edit** the file from step 1 and add a route.\n"
+    assert find_runs(ref) == []
+    once = "1. **Design**: Draw the schema.\n2. **Build**: Once the schema is drawn, write the code.\n"
+    assert find_runs(once) == []
+    free = "1. **Design**: Draw the schema.\n2. **Budget**: Plan the cost of the servers.\n"
+    assert [len(r.items) for r in find_runs(free)] == [2]
+
+
+PROSE = """Learning a language as an adult is very possible with the right habits.
+
+Daily listening trains the ear before anything else. Podcasts, radio and films in the language, even when \
+only half of it is understood, build a feel for rhythm and sound that grammar books cannot give.
+
+Speaking with natives from the first weeks removes the fear of mistakes. A weekly conversation exchange, \
+online or in a cafe, turns vocabulary from the page into words that come out when they are needed.
+
+Spaced repetition flashcards keep new words from fading. Ten minutes a day with an app that shows each card \
+just before it would be forgotten adds up to thousands of words within a year.
+
+In short, steady small habits beat rare long sessions."""
+
+
+def test_prose_paragraphs_get_keyphrase_labels() -> None:
+    (c,) = rewrite(PROSE)
+    (group,) = groups_of(c)
+    assert len(group) == 3
+    for title, body in group:
+        assert not is_head(title) and 1 <= len(title.split()) <= 3
+        # A real label, never the clipped start the body repeats.
+        assert not body.lower().startswith(title.lower())
+    assert len({t.lower() for t, _ in group}) == 3
+    # The intro and the conclusion stay serial.
+    doc = parse(c.markup or "")
+    assert isinstance(doc.segments[0], Serial) and isinstance(doc.segments[-1], Serial)
+    # A paragraph that refers back ("This ...", "However, ...", "Additionally, ...") is no branch.
+    linked = PROSE.replace("Speaking with natives", "This also means speaking with natives")
+    assert [len(r.items) for r in find_runs(linked)] == []
+    assert keyphrases("Regular exercise strengthens the heart and the lungs.")[0] != "Regular exercise"
+
+
+def test_short_answers_stay_serial() -> None:
+    (c,) = rewrite(NUMBERED, min_words=100)
+    assert c.has_parallel is False and "under 100 words" in c.raw
+    assert rewrite(NUMBERED * 6, min_words=100)[0].has_parallel
 
 
 def test_no_structure_gives_one_negative_candidate() -> None:
     (c,) = rewrite("Just a plain answer with no structure.\n\nIt has: two paragraphs. Really.")
     assert c.has_parallel is False and c.markup is None and c.source == "rules"
     assert rewrite("- only one item\n\nText.")[0].has_parallel is False
+    assert rewrite("- fast\n- cheap\n- good")[0].has_parallel is False  # one-word items: no head fits
     assert rewrite("") == [Candidate(c.raw, False, None, "rules")]
     assert asyncio.run(RuleRewriter().rewrite(Sample("s", [], NUMBERED, {}), 0)) == []
 
 
-def test_titles_are_short_clean_and_unique() -> None:
+def test_heads_are_made_unique_or_the_run_stays_serial() -> None:
+    (c,) = rewrite("- Example: one thing\n- Example: two things\n- example: three things\n")
+    assert [t for t, _ in groups_of(c)[0]] == ["- Example: one", "- Example: two", "- example: three"]
+    assert find_runs("- Same words here\n- Same words here\n") == []  # identical items: no unique heads
     assert title_from("3. **Use [pandas](https://x.org)** for `data` loading") == "Use pandas"
-    assert title_from("- Eat a balanced diet rich in fruit and vegetables every day") == "Eat a balanced diet rich in"
     assert title_from("## 2. Set up the <env>") == "Set up the env"
-    assert title_from("Basketball - a team sport.") == "Basketball"
-    (c,) = rewrite("- Example: one\n- Example: two\n- example: three\n- ***\n")
-    assert [t for t, _ in groups_of(c)[0]] == ["Example", "Example 2", "example 3", "Item 4"]
 
 
 def test_answer_with_markup_tags_is_marked_up_with_escapes() -> None:
@@ -178,13 +293,14 @@ def test_answer_with_markup_tags_is_marked_up_with_escapes() -> None:
     # is marked up like any other (rewrite() checks that its markup flattens back to the answer).
     answer = '1. Write <branchgroup> here\n2. and <branch title="x"> there'
     c = rewrite(answer)[0]
-    assert c.has_parallel and c.markup is not None and "&lt;branchgroup>" in c.markup
-    ok = rewrite("1. `git checkout <branch>`\n2. `git push`")  # only real tags are escaped
-    assert ok[0].has_parallel and ok[0].markup is not None and "&lt;" not in ok[0].markup
+    assert c.has_parallel and c.markup is not None and "&lt;branchgroup" in c.markup
+    ok = rewrite("1. Run `git checkout <branch>` first\n2. Push with `git push` later")  # only real tags are escaped
+    assert groups_of(ok[0]) == [[("1. Run `git checkout <branch>`", " first"), ("2. Push with `git push`", " later")]]
+    assert ok[0].markup is not None and "&lt;" not in ok[0].markup
 
 
 def test_strategies_limit_and_determinism() -> None:
-    answer = HEADED + "\n\nNotes:\n\n1. one\n2. two\n3. three"
+    answer = HEADED + "\n\nNotes:\n\n1. one a\n2. two b\n3. three c"
     a, b = rewrite(answer, 4), rewrite(answer, 4)
     assert a == b and len({c.markup for c in a}) == len(a)
     assert [c.source for c in rewrite(answer, 2)] == [c.source for c in a[:2]]
@@ -218,18 +334,19 @@ def _answers(draw: st.DrawFn) -> str:
         elif kind == "heading":
             parts.append(f"{draw(st.sampled_from(['#', '##', '**']))} {draw(_line)}\n{draw(_line)}")
         elif kind == "label":
-            parts.append(f"{draw(st.sampled_from(['Step', 'Note', '**Tip**', 'A b']))}: {draw(_line)}")
+            parts.append(f"{draw(st.sampled_from(['Step', 'Note', '**Tip**', 'A b', 'Pros']))}: {draw(_line)}")
         elif kind == "code":
             parts.append(f"```\n1. {draw(_line)}\n- {draw(_line)}\n```")
         else:
-            parts.append(draw(_line))
+            parts.append(" ".join(draw(_line) for _ in range(draw(st.integers(1, 8)))))
     return draw(st.sampled_from(["\n", "\n\n", "\r\n"])).join(parts)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_answers())
 def test_any_markup_parses_and_flattens_back(answer: str) -> None:
-    cands = RuleRewriter().candidates(answer, 4)
+    rw = RuleRewriter(min_words=0)
+    cands = rw.candidates(answer, 4)
     assert cands and all(c.source.startswith("rules") for c in cands)
     for c in cands:
         if c.markup is None:
@@ -239,10 +356,13 @@ def test_any_markup_parses_and_flattens_back(answer: str) -> None:
         assert doc.groups and same_text(flatten(doc), answer)
         for g in doc.groups:
             titles = [b.title for b in g.branches]
-            assert len(titles) >= 2 and all(titles) and len(set(titles)) == len(titles)
-            assert all(len(t.split()) <= 6 and "\n" not in t for t in titles)
+            assert len(titles) >= 2 and all(titles) and len({t.lower() for t in titles}) == len(titles)
+            assert all("\n" not in t for t in titles)
             assert all(b.text.strip() for b in g.branches)
-    assert RuleRewriter().candidates(answer, 4) == cands
+            assert marker_problems(g) == []
+            for b in g.branches:  # a head's body never repeats it; a label is never the body's clipped start
+                assert not (b.text.lstrip(" \t") if is_head(b.title) else b.text.lstrip()).startswith(b.title)
+    assert rw.candidates(answer, 4) == cands
 
 
 # ---------------------------------------------------------------------------------------------- likelihood
@@ -291,6 +411,29 @@ def test_branch_dependence_matches_two_plain_forwards(arch: str) -> None:
     for f, (changed, increase) in zip(figs, ref, strict=True):
         assert f["tokens"] == f["body_tokens"] > 0
         assert f["changed"] == pytest.approx(changed) and f["nll_increase"] == pytest.approx(increase, abs=1e-4)
+
+
+HEADS = Group((
+    Branch("1. **Diet**:", " Eat a balanced diet."),
+    Branch("2. **Exercise**:", " Move every day."),
+    Branch("3. **Sleep**:", " Sleep well."),
+))
+
+
+def test_branch_dependence_with_head_titles(tiny: tuple) -> None:
+    """With heads the head is part of the engine-fed prefix: only the body after it is scored, under the same
+    two masks as any group (equal to two plain forwards)."""
+    from aspd.sample import body_ids
+
+    model, tok, ctrl = tiny
+    figs = branch_dependence(model, tok, ctrl, MESSAGES, "Here are three tips:", HEADS, content_only=False)
+    ref = _reference(model, tok, ctrl, "Here are three tips:", HEADS)
+    for f, br, (changed, increase) in zip(figs, HEADS.branches, ref, strict=True):
+        assert f["title"] == br.title and f["body_tokens"] == f["tokens"] == len(body_ids(tok, br))
+        assert f["changed"] == pytest.approx(changed) and f["nll_increase"] == pytest.approx(increase, abs=1e-4)
+    spans = chat_spans(tok, ctrl, MESSAGES, Document((Serial("Here are three tips:"), HEADS)), add_eot=False)
+    prefixes = [tok.decode(sp.ids[1:]) for sp in spans if sp.kind == Kind.PREFIX]
+    assert prefixes == ["1. **Diet**:", "2. **Exercise**:", "3. **Sleep**:"]  # no "Label:" separator for heads
 
 
 def test_branch_dependence_figures_on_a_tiny_model(tiny: tuple) -> None:

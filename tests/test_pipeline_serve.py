@@ -20,6 +20,7 @@ from serverutil import running_server
 from aspd.cli import main
 from aspd.pipeline.backends.openai_compat import OpenAICompatBackend
 from aspd.pipeline.parsing import to_candidate
+from aspd.pipeline.rules import split_head
 from aspd.pipeline.runner import RunConfig, run_transform
 from aspd.pipeline.stages import StageConfig
 from aspd.pipeline.types import Candidate, Sample
@@ -128,7 +129,9 @@ class _Fixed:
 
     async def rewrite(self, sample: Sample, n: int) -> list[Candidate]:
         lines = sample.answer.split("\n")
-        body = "\n".join(f'<branch title="L{i}">{line}</branch>' for i, line in enumerate(lines))
+        heads = [split_head(line) for line in lines]  # list items keep their marker in a head title
+        body = "\n".join(f'<branch title="{h}">{line[len(h):]}</branch>' if h else f'<branch title="L{i}">{line}</branch>'
+                         for i, (h, line) in enumerate(zip(heads, lines, strict=True)))
         return [to_candidate(f"PARALLEL: yes\n<<<ANSWER\n<branchgroup>\n{body}\n</branchgroup>\nANSWER>>>",
                              self.name, sample.answer)] * n
 

@@ -19,6 +19,12 @@ examples:
       --base-url http://localhost:8000/v1 --model Qwen2.5-7B-Instruct
   aspd transform --input answers.jsonl --output par.jsonl --rewriter rules --judge likelihood \\
       --target-model smollm2-135m
+  aspd transform --input answers.jsonl --output par.jsonl --rewriter spans --local-model qwen2.5-coder-1.5b
+  # the span rewriter offline, batched on a GPU: requests -> aspd distill -> replies
+  aspd transform --input answers.jsonl --span-requests span_req.jsonl
+  aspd distill --model qwen2.5-coder-1.5b --prompts span_req.jsonl --output span_rep.jsonl --temperature 0
+  aspd transform --input answers.jsonl --output par.jsonl --rewriter spans --span-replies span_rep.jsonl \
+      --judge likelihood --target-model smollm2-135m      # bad/missing replies: par.jsonl.span_retry.jsonl
   aspd transform --input answers.jsonl --output par.jsonl --resume            # after a crash or kill
   aspd transform --to-train par.jsonl --aspd train_aspd.jsonl --seq train_seq.jsonl
   aspd transform --dump-prompts > prompts.json   # edit, then --prompts prompts.json
@@ -59,11 +65,13 @@ def register(sub: Any) -> None:
     st.add_argument("--dump-prompts", action="store_true", help="print the default prompts as JSON and exit")
 
     be = p.add_argument_group("backends")
-    be.add_argument("--rewriter", choices=("openai", "local", "rules"), default="openai",
+    be.add_argument("--rewriter", choices=("openai", "local", "rules", "spans"), default="openai",
                     help="openai: any OpenAI-compatible endpoint; local: a Transformers model; rules: "
-                    "lists/headings/steps/paragraphs, no LLM (default openai)")
+                    "lists/headings/steps/paragraphs, no LLM; spans: an LLM (--span-replies files, else "
+                    "--local-model or --base-url/--model) groups numbered paragraphs and labels them, rules "
+                    "set the heads and are the fallback (default openai)")
     be.add_argument("--judge", choices=("openai", "local", "likelihood", "none"), default=None,
-                    help="default: the rewriter's kind for openai/local, none for rules. likelihood only "
+                    help="default: the rewriter's kind for openai/local, none for rules/spans. likelihood only "
                     "votes on independence (integrity/answer stages are then skipped)")
     be.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL"),
                     help="OpenAI-compatible base URL incl. /v1 (default $OPENAI_BASE_URL)")
@@ -102,6 +110,22 @@ def register(sub: Any) -> None:
     sa.add_argument("--backoff-max", type=float, default=60.0, help="cap on one retry delay (default 60)")
     sa.add_argument("--cache-dir", default=None, help="reply cache folder (default OUTPUT.cache)")
     sa.add_argument("--no-cache", action="store_true", help="do not read or write the reply cache")
+
+    sp = p.add_argument_group("rules and span rewriter")
+    sp.add_argument("--min-words", type=int, default=None,
+                    help="answers under this many words stay serial (rules and spans; default 100, ~128 tokens)")
+    sp.add_argument("--span-requests", metavar="REQ.jsonl", default=None,
+                    help="write one span chat request per --input answer ({id, messages}, for `aspd distill "
+                    "--prompts`) and exit")
+    sp.add_argument("--span-replies", metavar="REP.jsonl", action="append", default=None,
+                    help="`aspd distill` output answering span requests (repeatable: a retry round's replies "
+                    "join the first); makes --rewriter spans run offline")
+    sp.add_argument("--span-retry", metavar="RETRY.jsonl", default=None,
+                    help="offline spans: where requests for missing/bad replies go (default OUTPUT.span_retry.jsonl)")
+    sp.add_argument("--span-rounds", type=int, default=2,
+                    help="online spans: asks per candidate, a bad reply being answered with its problems (default 2)")
+    sp.add_argument("--no-rule-fallback", action="store_true",
+                    help="spans: no rule candidates for samples without a usable span reply")
 
     cv = p.add_argument_group("conversion to training files (instead of transforming)")
     cv.add_argument("--to-train", metavar="OUT.jsonl", default=None, help="a transform output to convert")
@@ -179,23 +203,50 @@ def _likelihood_options(cls: Any, args: argparse.Namespace) -> dict[str, Any]:
     return kw
 
 
+def _min_words(args: argparse.Namespace) -> dict[str, int]:
+    return {} if args.min_words is None else {"min_words": args.min_words}
+
+
+def _spans(args: argparse.Namespace, prompts: Any) -> tuple[Any, Any]:
+    """(span rewriter, its chat backend or None when offline)."""
+    from aspd.pipeline.rules import RuleRewriter
+    from aspd.pipeline.spans import RetryFile, SpanRewriter, read_replies
+
+    fallback = None if args.no_rule_fallback else RuleRewriter(**_min_words(args))
+    if args.span_replies:
+        try:
+            replies = read_replies(args.span_replies)
+        except ValueError as e:
+            _fail(str(e))
+        # A fresh run starts a fresh retry file; a resumed one adds the samples it still processes.
+        retry = RetryFile(args.span_retry or f"{args.output}.span_retry.jsonl", append=args.resume)
+        return SpanRewriter(replies=replies, prompts=prompts, fallback=fallback, retry=retry,
+                            **_min_words(args)), None
+    chat = _local(args, prompts) if args.local_model else _openai(args, prompts, judge=False)
+    return SpanRewriter(chat, prompts=prompts, fallback=fallback, rounds=args.span_rounds, **_min_words(args)), chat
+
+
 def build_backends(args: argparse.Namespace, prompts: Any) -> tuple[Any, Any]:
     """(rewriter, judge or None). Same kind and settings for both: one shared instance (one cache, one limit)."""
     judge_kind = args.judge or (args.rewriter if args.rewriter in ("openai", "local") else "none")
+    chat = None  # the LLM backend behind the rewriter, which a judge of the same kind shares
     if args.rewriter == "openai":
-        rewriter = _openai(args, prompts, judge=False)
+        rewriter = chat = _openai(args, prompts, judge=False)
     elif args.rewriter == "local":
-        rewriter = _local(args, prompts)
+        rewriter = chat = _local(args, prompts)
+    elif args.rewriter == "spans":
+        rewriter, chat = _spans(args, prompts)
     else:
-        from aspd.pipeline import rules  # written separately; imported only when asked for
+        from aspd.pipeline import rules
 
-        rewriter = rules.RuleRewriter()
+        rewriter = rules.RuleRewriter(**_min_words(args))
+    chat_kind = {"OpenAICompatBackend": "openai", "LocalBackend": "local"}.get(type(chat).__name__)
     if judge_kind == "none":
         judge = None
-    elif judge_kind == args.rewriter == "openai" and not (args.judge_model or args.judge_base_url):
-        judge = rewriter
-    elif judge_kind == args.rewriter == "local":
-        judge = rewriter
+    elif judge_kind == chat_kind == "openai" and not (args.judge_model or args.judge_base_url):
+        judge = chat
+    elif judge_kind == chat_kind == "local":
+        judge = chat
     elif judge_kind == "openai":
         judge = _openai(args, prompts, judge=True)
     elif judge_kind == "local":
@@ -230,8 +281,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"aspd transform: wrote {counts['written']} sample(s) ({counts['parallel']} parallel, "
               f"{counts['skipped']} skipped) to {written}")
         return 0
+    if args.span_requests:
+        return _write_span_requests(args)
     if not args.input or not args.output:
         _fail("give --input and --output (or --to-train OUT.jsonl --aspd A.jsonl --seq S.jsonl)")
+    if args.span_replies and args.rewriter != "spans":
+        _fail("--span-replies is for --rewriter spans")
+    if args.min_words is not None and args.min_words < 0:
+        _fail("--min-words must be >= 0")
     if args.retry_failed and not args.resume:
         _fail("--retry-failed needs --resume")
     for name in ("candidates", "votes", "concurrency", "workers"):
@@ -256,6 +313,34 @@ def run(args: argparse.Namespace) -> int:
         summary = transform(args.input, args.output, rewriter, judge, cfg)
     except InputError as e:
         _fail(str(e))
+    finally:
+        retry = getattr(rewriter, "retry", None)
+        if retry is not None:
+            retry.close()
     print(format_summary(summary))
     print(f"aspd transform: wrote {args.output} and {args.output}.summary.json", file=sys.stderr)
+    if retry is not None:
+        print(f"aspd transform: {retry.written} span request(s) without a usable reply written to {retry.path} "
+              "(answer them with aspd distill, then add the replies with another --span-replies)", file=sys.stderr)
+    return 0
+
+
+def _write_span_requests(args: argparse.Namespace) -> int:
+    from aspd.pipeline.prompts import PromptError, load_prompts
+    from aspd.pipeline.runner import InputError, read_samples
+    from aspd.pipeline.spans import write_requests
+
+    if not args.input:
+        _fail("--span-requests needs --input (the answers to ask about)")
+    if args.output:
+        _fail("--span-requests only writes requests; it does not take --output")
+    try:
+        prompts = load_prompts(args.prompts)
+        samples = read_samples(args.input, strict=args.strict).samples
+    except (PromptError, InputError) as e:
+        _fail(str(e))
+    samples = samples[: args.limit] if args.limit is not None else samples
+    counts = write_requests(samples, args.span_requests, prompts, **_min_words(args))
+    print(f"aspd transform: wrote {counts['requests']} span request(s) for {counts['samples']} sample(s) to "
+          f"{args.span_requests} (the others are too short or have under two paragraphs of text)")
     return 0

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 __all__ = ["DEFAULT_PROMPTS", "PLACEHOLDERS", "PromptError", "Prompts", "fill", "format_branches",
-           "format_conversation", "load_prompts"]
+           "format_conversation", "load_prompts", "span_messages"]
 
 REWRITE_SYSTEM = """\
 You prepare answers for a language model that can write several independent parts of an answer at the \
@@ -30,6 +30,9 @@ How to mark:
 - Wrap a set of parts that can be written independently of each other in <branchgroup> and </branchgroup>.
 - Put each part in <branch title="...">...</branch>. The title is a short label of a few words, unique \
 within its group; it is not part of the answer text.
+- When a part starts with a list marker, a heading or a bold lead ("- By tram:", "1. **Diet**:", "## Sleep"), \
+that start is the title, written exactly as in the answer, and the branch holds only the text after it. \
+Deleting your tags, with such titles kept in place, must give back the answer.
 - A group holds two or more branches. Groups never sit inside other groups or branches.
 - Everything outside a group stays serial text, exactly as it was.
 - Put every tag on a line of its own.
@@ -41,7 +44,7 @@ step that needs the previous step), or only makes sense in a fixed order. Introd
 that cover all the parts stay serial, outside the group. When in doubt, leave text serial.
 
 Never edit the content: do not add, drop, reorder, correct, shorten or translate anything, and keep the \
-whitespace and formatting (list markers, headings, code). Deleting your tags must give back the original \
+whitespace and formatting (list markers, headings, code). Deleting your tags (head titles kept in place) must give back the original \
 answer word for word.
 
 Reply format, nothing else:
@@ -65,9 +68,9 @@ PARALLEL: yes
 <<<ANSWER
 You can reach the old town in three ways.
 <branchgroup>
-<branch title="Tram">- By tram: line 4 stops at the main square every ten minutes.</branch>
-<branch title="Bike">- By bike: the river path is flat and takes about twenty minutes.</branch>
-<branch title="Walking">- On foot: it is a 40-minute walk through the park.</branch>
+<branch title="- By tram:"> line 4 stops at the main square every ten minutes.</branch>
+<branch title="- By bike:"> the river path is flat and takes about twenty minutes.</branch>
+<branch title="- On foot:"> it is a 40-minute walk through the park.</branch>
 </branchgroup>
 Pick whichever suits the weather.
 ANSWER>>>"""
@@ -143,6 +146,78 @@ Rewritten answer:
 {{candidate}}
 REWRITTEN>>>"""
 
+SPAN_SYSTEM = """\
+You help prepare answers for a language model that can write several independent parts of an answer at the \
+same time. You get a question and an answer split into numbered paragraphs. Find runs of consecutive \
+paragraphs that each cover a separate, self-contained point (an aspect, option, tip, reason, example, or the \
+pros and the cons), where each point could be written knowing only the question and the text before the run, \
+without seeing the other points.
+
+Rules:
+- A group holds two or more branches. A branch is one paragraph, or a few consecutive paragraphs about the \
+same point. The branches of a group follow each other directly, and groups never overlap.
+- A branch is ONE point. Never put the opening paragraph (usually [1]) or the closing one in a group, and \
+never make one branch of "everything after the introduction".
+- Keep out of every group: opening and closing sentences, paragraphs that introduce or sum up the points, \
+steps that need the result of an earlier step, paragraphs that refer back to another one ("This", "As \
+mentioned above", "However"), and code blocks.
+- Give each branch a title of 2 to 6 words that names its point, as a heading would. Do not copy the first \
+words of the paragraph, and do not write numbers or words like "Point 1" or "Title".
+- If nothing can be grouped, reply {"groups": []}.
+
+Reply with one JSON object and nothing else, in this form:
+{"groups": [[{"paragraphs": [2], "title": "..."}, {"paragraphs": [3], "title": "..."}, {"paragraphs": [4], \
+"title": "..."}]]}
+
+Example 1.
+Question: How can a small cafe cut its energy bill?
+Answer, paragraph by paragraph:
+[1] A cafe can save a good share of its energy costs with a few changes.
+[2] Coffee machines and display fridges run all day. Switching the second espresso machine off outside the \
+morning rush and fitting night blinds to open fridges saves several kilowatt-hours a day.
+[3] LED bulbs use a fraction of the power of halogen spots and last for years, and motion sensors keep \
+storerooms and toilets dark when nobody is there.
+[4] Heat escapes through the door every time a customer comes in. A draught lobby or a simple air curtain \
+keeps the warm air inside in winter.
+[5] Taken together, these changes can cut the bill by a fifth.
+Reply:
+{"groups": [[{"paragraphs": [2], "title": "Kitchen appliances"}, {"paragraphs": [3], "title": "Efficient \
+lighting"}, {"paragraphs": [4], "title": "Keeping heat inside"}]]}
+
+Example 2.
+Question: How do I start a Python project with a virtual environment?
+Answer, paragraph by paragraph:
+[1] Create the environment in your project folder:
+[2] (code block, 1 line; never part of a group)
+[3] Then activate it, so that pip installs into it, and install what you need with pip install.
+[4] Finally, freeze the versions you installed into requirements.txt so others can recreate it.
+Reply:
+{"groups": []}
+
+Example 3.
+Question: Should I learn the guitar or the piano first?
+Answer, paragraph by paragraph:
+[1] Both are good first instruments; it depends on what you want from them.
+[2] **Guitar**
+A guitar is cheap to start with, easy to carry and fits most popular music. Sore fingertips make the first \
+weeks hard, but simple chords come quickly.
+[3] **Piano**
+The keyboard lays out music theory in front of you, and a beginner gets a clean sound from the first day. A \
+good instrument costs more and does not travel.
+[4] Whichever you pick, practise a little every day.
+Reply:
+{"groups": [[{"paragraphs": [2], "title": "Learning the guitar"}, {"paragraphs": [3], "title": "Learning the \
+piano"}]]}"""
+
+SPAN_USER = """\
+Question:
+{{question}}
+
+Answer, paragraph by paragraph:
+{{paragraphs}}
+
+Reply with the JSON object only: one branch per point, openings and closings outside the groups."""
+
 # The placeholders each template must contain (a --prompts override is checked against these).
 PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "rewrite_system": (),
@@ -153,8 +228,10 @@ PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "integrity_user": ("original", "candidate"),
     "answer_system": (),
     "answer_user": ("original", "candidate"),
+    "span_system": (),
+    "span_user": ("paragraphs",),
 }
-_KNOWN = {"question", "answer", "before", "branches", "original", "candidate"}
+_KNOWN = {"question", "answer", "before", "branches", "original", "candidate", "paragraphs"}
 
 
 class PromptError(ValueError):
@@ -171,6 +248,8 @@ class Prompts:
     integrity_user: str = COMPARE_USER
     answer_system: str = ANSWER_SYSTEM
     answer_user: str = COMPARE_USER
+    span_system: str = SPAN_SYSTEM
+    span_user: str = SPAN_USER
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
@@ -243,6 +322,12 @@ def independence_messages(prompts: Prompts, conversation: list[Message], before:
                 before=before if before.strip() else "(nothing: the group starts the answer)",
                 branches=format_branches(titles, texts))
     return [{"role": "system", "content": prompts.independence_system}, {"role": "user", "content": user}]
+
+
+def span_messages(prompts: Prompts, conversation: list[Message], paragraphs: str) -> list[Message]:
+    """The span rewriter's request: the conversation and the answer's numbered paragraphs."""
+    user = fill(prompts.span_user, question=format_conversation(conversation), paragraphs=paragraphs)
+    return [{"role": "system", "content": prompts.span_system}, {"role": "user", "content": user}]
 
 
 def compare_messages(prompts: Prompts, kind: str, conversation: list[Message], original: str,

@@ -244,9 +244,20 @@ def summarize(output_path: str | Path) -> dict[str, Any]:
     skipped: Counter[str] = Counter()
     words: Counter[str] = Counter()
     parallel = 0
+    parallel_dps: list[float] = []
+    checks: dict[str, Counter[str]] = {}
+    sources: dict[str, Counter[str]] = {}
     for rec in records:
         st = rec.get("stats") or {}
         parallel += bool(rec.get("parallel"))
+        if rec.get("parallel"):
+            parallel_dps.append(float(st.get("dp", 0.0)))
+        for c in rec.get("candidates") or []:
+            for name, result in (c.get("checks") or {}).items():
+                checks.setdefault(name, Counter()).update(ran=1, passed=int(bool(result.get("ok"))))
+            per = sources.setdefault(str(c.get("source", "?")), Counter())
+            per.update(candidates=1, selected=int(c.get("verdict") == "selected"))
+            per.update(f"passed_{stage}" for stage in c.get("reached") or [])
         for k in stage_keys:
             stages[k] += int(st.get(k, 0))
         drops.update(st.get("drops") or {})
@@ -272,12 +283,19 @@ def summarize(output_path: str | Path) -> dict[str, Any]:
                    "branches_in_output": words["branches"]},
         # Before = the serial inputs (no groups); after = the output, DP weighted by words over all samples.
         "ppd": {"before": 0.0, "after": parallel / n if n else 0.0},
-        "dp": {"before": 0.0, "after": words["parallel_words"] / total_words if total_words else 0.0},
+        "dp": {"before": 0.0, "after": words["parallel_words"] / total_words if total_words else 0.0,
+               "parallel_samples_mean": sum(parallel_dps) / len(parallel_dps) if parallel_dps else 0.0},
         "abn": {"before": 0.0, "after": words["branches"] / words["groups"] if words["groups"] else 0.0},
         "llm": {"calls": llm["llm_calls"], "cache_hits": llm["cache_hits"], "prompt_tokens": llm["prompt_tokens"],
                 "completion_tokens": llm["completion_tokens"],
                 "total_tokens": llm["prompt_tokens"] + llm["completion_tokens"]},
         "failures": dict(failures),
+        # Each deterministic check: candidates that reached it, and those that passed it.
+        "checks": {name: {"ran": c["ran"], "passed": c["passed"]} for name, c in checks.items()},
+        # Per candidate source ("rules:outer", "spans", "openai:M", ...): candidates, stages passed, selected.
+        "by_source": {src: {k: c[k] for k in ("candidates", "passed_checks", "passed_independence",
+                                                "passed_integrity", "passed_answer", "selected")}
+                      for src, c in sorted(sources.items())},
     }
 
 
@@ -293,6 +311,13 @@ def format_summary(s: dict[str, Any]) -> str:
         f"LLM calls: {s['llm']['calls']} (cache hits {s['llm']['cache_hits']}), tokens: "
         f"{s['llm']['prompt_tokens']} prompt + {s['llm']['completion_tokens']} completion",
     ]
+    if s.get("checks"):
+        lines.append("checks passed: " + ", ".join(f"{k} {v['passed']}/{v['ran']}" for k, v in s["checks"].items()))
+    for src, c in (s.get("by_source") or {}).items():
+        lines.append(f"  {src}: {c['candidates']} candidates, {c['passed_checks']} passed checks, "
+                     f"{c['passed_independence']} independence, {c['selected']} selected")
+    if s["parallel_samples"]:
+        lines.append(f"mean DP of the parallel samples: {s['dp']['parallel_samples_mean']:.3f}")
     if s["failures"]:
         lines.append("failures: " + ", ".join(f"{k} {v}" for k, v in sorted(s["failures"].items())))
     if s["drops"]:

@@ -30,6 +30,7 @@ from aspd.markup import (
 )
 from aspd.pipeline.backends import CallLog, use_log
 from aspd.pipeline.parsing import parse_rewrite
+from aspd.pipeline.rules import marker_problems
 from aspd.pipeline.types import Candidate, Judge, Rewriter, Sample, Vote
 
 __all__ = ["Checked", "StageConfig", "check_candidate", "majority", "process_sample", "revert_groups",
@@ -58,7 +59,9 @@ class Checked:
 
 def check_candidate(c: Candidate, answer: str, threshold: float = 0.98) -> Checked:
     """Cheap checks before any vote: reply format, strict parse, >= 1 group, >= 2 branches per group,
-    unique titles, flattened text equal to the answer (up to whitespace, or similarity >= threshold)."""
+    unique titles, list markers (no branch body starts with one; numbered heads consecutive: see
+    `aspd.pipeline.rules.marker_problems`), flattened text equal to the answer (up to whitespace, or
+    similarity >= threshold)."""
     checks: dict[str, dict[str, Any]] = {}
 
     def fail(name: str, drop: str, detail: str, **extra: Any) -> Checked:
@@ -72,7 +75,7 @@ def check_candidate(c: Candidate, answer: str, threshold: float = 0.98) -> Check
             return fail("reply", "reply_format", detail)
         return fail("reply", "no_parallel", detail)
     if c.has_parallel is None or c.markup is None:
-        problems = parse_rewrite(c.raw, answer).problems
+        problems = list(c.problems) or parse_rewrite(c.raw, answer).problems
         detail = "; ".join(problems) or ("no marked-up answer" if c.markup is None else
                                          "the reply does not say whether parallel content exists")
         return fail("reply", "reply_format", detail)
@@ -95,6 +98,10 @@ def check_candidate(c: Candidate, answer: str, threshold: float = 0.98) -> Check
     if dup:
         return fail("titles", "markup", f"group(s) {dup} repeat a title")
     checks["titles"] = {"ok": True, "detail": ""}
+    wrong = [f"group {i + 1}: {p}" for i, g in enumerate(groups) for p in marker_problems(g)]
+    if wrong:
+        return fail("markers", "markers", "; ".join(wrong))
+    checks["markers"] = {"ok": True, "detail": ""}
     flat = flatten(doc)
     if same_text(flat, answer):
         sim = 1.0
@@ -317,6 +324,7 @@ async def process_sample(sample: Sample, rewriter: Rewriter, judge: Judge | None
             o.doc = None
             o.out.setdefault("reason", f"not finished: {error}")
     for o in outcomes:
+        o.out["reached"] = list(o.reached)  # stages passed, for the per-rewriter counts of the summary
         if o.doc is not None:
             o.out.update(markup=render(o.doc), dp=dp(o.doc), abn=abn([o.doc]))
             o.out.update(verdict="selected" if o.index == pick else "passed",

@@ -29,6 +29,7 @@ class Candidate:  # one rewrite reply
     has_parallel: bool | None  # what the rewriter said (None: could not tell)
     markup: str | None  # marked-up answer text, or None
     source: str  # backend name, e.g. "openai:qwen", "rules:lists"
+    problems: tuple[str, ...] = ()  # why an unusable reply is unusable, when the rewriter already knows
 
 
 @dataclass
