@@ -2,7 +2,7 @@
 # GPU: issue 17's training data on one machine, in calls of at most ten minutes. Every step resumes where the last
 # call stopped, keeps its state in /root/work and copies what it has so far to $OUT.
 # Usage (device run, carry .xfer/whl and .xfer/data): bash scripts/gpu/stage_data.sh STEP [SECONDS]
-#   setup      install the carried wheels; convert the received teacher and judge GGUFs (stage_receive.sh)
+#   setup      install the carried wheels; convert the received teacher GGUF (and JUDGE's, if set; stage_receive.sh)
 #   synth      the teacher writes one user question per request (synth_requests.jsonl.gz); then
 #              collect, merge with the shared and imported prompts (exact and near duplicates out), decontaminate
 #              against every bench question -> /root/work/prompts.jsonl
@@ -27,7 +27,7 @@ case "$step" in
 setup)
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .xfer/whl/*.whl
   mkdir -p $x && cp -r .xfer/data/. $x/
-  for m in "$teacher" "$judge"; do
+  for m in "$teacher" ${JUDGE:+"$judge"}; do
     [ -d "$ASPD_CACHE/models/$m" ] || aspd models fetch "$m" --gguf "/root/models/$m.gguf" --dtype bfloat16 -q
   done
   nvidia-smi --query-gpu=name,memory.used --format=csv,noheader || true ;;
@@ -54,7 +54,16 @@ answers)
   gzip -c $w/answers.jsonl.dropped.jsonl > "$OUT/answers_dropped.jsonl.gz"
   cp $w/answers.jsonl.meta.json "$OUT/answers.meta.json" ;;
 spans)
-  [ -s $w/span_req.jsonl ] || aspd transform --input $w/answers.jsonl --span-requests $w/span_req.jsonl | tail -2
+  # Only answers the rules find no group in go to the teacher; the others keep their rule candidates.
+  [ -s $w/prose.jsonl ] || python3 -c "
+import json, sys
+from aspd.pipeline.rules import RuleRewriter
+rules = RuleRewriter()
+with open(sys.argv[1]) as f, open(sys.argv[2], 'w') as out:
+    for line in f:
+        if not any(c.has_parallel for c in rules.candidates(json.loads(line)['answer'], 4)):
+            out.write(line)" $w/answers.jsonl $w/prose.jsonl
+  [ -s $w/span_req.jsonl ] || aspd transform --input $w/prose.jsonl --span-requests $w/span_req.jsonl | tail -2
   touch $w/span_rep.jsonl
   aspd distill --resume --model "$teacher" --prompts $w/span_req.jsonl --output $w/span_rep.jsonl --keep-bad "${lim[@]}" \
     --max-new-tokens 400 --temperature 0 --time-budget "$budget" 2>&1 | quiet 3
