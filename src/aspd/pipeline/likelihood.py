@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from aspd.attention import layer_windows, mask_dtype, model_mask
+from aspd.engine.kv import cache_kwargs
 from aspd.layout import Kind, Layout, MaskMode, build_layout
 from aspd.markup import Document, Group, Segment, Serial
 from aspd.pipeline.types import Sample, Vote
@@ -149,7 +150,7 @@ def _scored_logits(
         want = keep if len(keep) else torch.tensor([hi - 1])
         mask = model_mask(windows, lambda w: layout.allowed(w)[lo:hi, :hi].to(device), dtype)
         out = model(input_ids=ids[None, lo:hi], position_ids=pos[None, lo:hi], attention_mask=mask,
-                    past_key_values=cache, use_cache=True, logits_to_keep=(want - lo).to(device))
+                    logits_to_keep=(want - lo).to(device), **cache_kwargs(model, cache))
         return out.logits[0, : len(keep)]
 
     head, tail = rows[rows < split], rows[rows >= split]
