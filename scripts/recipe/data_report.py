@@ -1,0 +1,144 @@
+"""The tables of docs/results/data.md, from the committed summaries of issue 17's data (and samples, if given).
+
+Usage: python scripts/recipe/data_report.py [--transform FULL_TRANSFORM.jsonl] [--judged JUDGED.jsonl] > tables.md
+Reads data/prompts/reports/*.json, data/prompts/... and data/teacher/*. With --transform (the full `aspd transform`
+output, candidates included), it also draws ten accepted and ten rejected samples (seed 0) with their reasons;
+--judged adds samples the likelihood judge turned back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gzip
+import json
+import random
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def rows(path: Path | str):
+    p = str(path)
+    with (gzip.open(p, "rt", encoding="utf-8") if p.endswith(".gz") else open(p, encoding="utf-8")) as f:
+        yield from (json.loads(line) for line in f if line.strip())
+
+
+def table(head: list[str], body: list[list[object]]) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+    out += ["| " + " | ".join(f"{c:,}" if isinstance(c, int) else str(c) for c in r) + " |" for r in body]
+    return "\n".join(out)
+
+
+def prompts_section() -> str:
+    rep = ROOT / "data/prompts/reports"
+    merge = json.loads((rep / "prompts_merge.json").read_text())
+    collect = json.loads((rep / "prompts_collect.json").read_text())
+    decon = json.loads((rep / "prompts_decontam.json").read_text())
+    shipped = list(rows(ROOT / "data/teacher/prompts.jsonl.gz"))
+    by_src = collections.Counter(r["source"] for r in shipped)
+    parts = ["### Prompts by source", ""]
+    body = [[s, v["in"], v.get("exact_duplicate", 0), v.get("near_duplicate", 0), v["kept"], by_src.get(s, 0)]
+            for s, v in sorted(merge["by_source"].items(), key=lambda kv: -kv[1]["kept"])]
+    body.append(["**all**", merge["records_in"], merge["removed"]["exact"], merge["removed"]["near"], merge["kept"],
+                 len(shipped)])
+    parts.append(table(["source", "in", "exact dup.", "near dup.", "kept", "shipped (licence)"], body))
+    cats = collections.Counter(r.get("category", "?") for r in shipped)
+    multi = collections.Counter(r.get("multipart") for r in shipped if r["source"] == "aspd-synth")
+    parts += ["", "### Shipped prompts by category", "",
+              table(["category", "prompts"], [[c, n] for c, n in cats.most_common()]),
+              "", f"Teacher-written prompts inviting a multi-part answer: {multi.get(True, 0):,} of "
+              f"{multi.get(True, 0) + multi.get(False, 0):,}.", "",
+              "### Teacher-written prompts: what `aspd prompts collect` kept", "",
+              table(["replies", "kept", *collect["dropped"]],
+                    [[collect["replies"], collect["kept"], *collect["dropped"].values()]]), "",
+              "### Decontamination", "",
+              f"Checked against {sum(decon['bench_items'].values()):,} bench items "
+              f"({', '.join(f'{Path(k).name}: {v}' for k, v in decon['bench_items'].items())}); rules: "
+              f"{json.dumps(decon['rules'])}. Removed {decon['removed']} prompt(s):", ""]
+    parts.append(table(["prompt id", "bench id", "rule", "score"],
+                       [[h["id"], h["bench_id"], h["rule"], h["score"]] for h in decon["hits"]]))
+    return "\n".join(parts)
+
+
+def answers_section() -> str:
+    runs = json.loads((ROOT / "data/teacher/answers_runs.json").read_text())
+    body = [["teacher writes questions", runs["synth"]["engine"], runs["synth"]["answered"], runs["synth"]["kept"],
+             runs["synth"]["tokens"], runs["synth"]["seconds"], runs["synth"]["tokens_per_second"]]]
+    for i, r in enumerate(runs["answers"], 1):
+        body.append([f"teacher answers, call {i}", r["engine"], r["answered"], r["kept"], r["tokens"], r["seconds"],
+                     r["tokens_per_second"]])
+    drops = collections.Counter()
+    for r in runs["answers"]:
+        drops.update(r["dropped"])
+    shipped = list(rows(ROOT / "data/teacher/answers_qwen2.5-coder-1.5b.jsonl.gz"))
+    words = sorted(len(r["answer"].split()) for r in shipped)
+    return "\n".join([
+        table(["GPU call", "engine", "answered", "kept", "new tokens", "seconds", "tokens/s"], body), "",
+        f"Dropped answers: {dict(drops)}. Shipped: {len(shipped):,} answers (redistributable prompts only); "
+        f"words per answer: median {words[len(words) // 2]}, p90 {words[int(len(words) * 0.9)]}; "
+        f"{sum(w >= 100 for w in words):,} have 100 words or more."])
+
+
+def transform_section(summary: Path, title: str) -> str:
+    s = json.loads(summary.read_text())
+    checks = s.get("checks", {})
+    out = [f"### {title}", "",
+           table(["samples", "parallel", "PPD", "DP (all)", "DP (parallel samples)", "ABN", "groups", "branches"],
+                 [[s["samples"], s["parallel_samples"], round(s["ppd"]["after"], 3), round(s["dp"]["after"], 3),
+                   round(s["dp"].get("parallel_samples_mean", 0.0), 3), round(s["abn"]["after"], 2),
+                   s["groups"]["in_output"], s["groups"]["branches_in_output"]]]), "",
+           "Candidates through each stage: " + ", ".join(
+               f"{k} {v['passed']:,}/{v['ran']:,}" for k, v in checks.items()) + "; "
+           + ", ".join(f"{k} {v:,}" for k, v in s["acceptance"].items()) + "; drops "
+           + ", ".join(f"{k} {v:,}" for k, v in s["drops"].items()) + "."]
+    return "\n".join(out)
+
+
+def _block(text: str) -> str:
+    return "````\n" + text.rstrip() + "\n````"
+
+
+def examples(path: str, judged: str | None) -> str:
+    rs = list(rows(path))
+    rng = random.Random(0)
+    acc = rng.sample([r for r in rs if r["parallel"]], 10)
+    rej = rng.sample([r for r in rs if not r["parallel"]], 10 if judged is None else 7)
+    if judged is not None:
+        turned = [r for r in rows(judged) if not r["parallel"]]
+        rej += rng.sample(turned, min(3, len(turned)))
+    out = ["### Ten accepted samples (random, seed 0)", ""]
+    for r in acc:
+        out += [f"<details><summary>{r['id']}: {r['prompt'][:90]!r}</summary>", "", _block(r["markup"]), "",
+                "</details>", ""]
+    out += ["### Ten rejected samples (random, seed 0) and why", ""]
+    for r in rej:
+        reasons = "; ".join(sorted({c.get("reason") or c.get("raw", "")[:80] for c in r["candidates"]}))
+        out += [f"<details><summary>{r['id']}: {reasons}</summary>", "", f"Prompt: {r['prompt'][:300]!r}", "",
+                _block(r["answer"]), ""]
+        for c in r["candidates"]:
+            if c.get("markup") or (c.get("raw") or "").startswith("<"):
+                out += [f"Candidate `{c['source']}` ({c.get('reason')}):", "", _block(c.get("markup") or c["raw"]), ""]
+        out += ["</details>", ""]
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--transform", default=None)
+    ap.add_argument("--judged", default=None)
+    args = ap.parse_args()
+    parts = ["## Prompts", "", prompts_section(), "", "## Teacher answers", "", answers_section(), "",
+             "## Rewriters", "", transform_section(ROOT / "data/teacher/transform_rules.summary.json",
+                                                    "Rules, no judge (all answers)")]
+    judged = ROOT / "data/teacher/transform_rules_likelihood.summary.json"
+    if judged.exists():
+        parts += ["", transform_section(judged, "Rules + likelihood judge under SmolLM2-135M (the rule-parallel "
+                                                 "answers judged so far)")]
+    if args.transform:
+        parts += ["", "## Samples", "", examples(args.transform, args.judged)]
+    print("\n".join(parts))
+
+
+if __name__ == "__main__":
+    main()
