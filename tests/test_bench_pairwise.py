@@ -31,8 +31,9 @@ def row(label: str, qid: str, text: str, turn: int = 1, category: str = "generic
     msgs = [{"role": "user", "content": QUESTIONS[int(qid) - 1]}]
     if turn == 2:
         msgs += [{"role": "assistant", "content": f"{label} first answer"}, {"role": "user", "content": "More?"}]
-    return {"id": qid, "turn": turn, "run_index": 0, "category": category, "label": label, "messages": msgs,
-            "text": text}
+    # run_index counts every answer of a run, so it differs between labels; the seed is per question.
+    return {"id": qid, "turn": turn, "seed": int(qid), "run_index": len(label) + int(qid), "category": category,
+            "label": label, "messages": msgs, "text": text}
 
 
 ROWS = [row("aspd", "1", "Water it <|title|>daily."), row("seq", "1", "Water it daily, and give it sun."),

@@ -52,10 +52,9 @@ def load_pair_prompts(path: str | Path) -> dict[str, PairPrompt]:
 
 
 def pairs(rows: Sequence[Row], model: str, baseline: str) -> list[tuple[Row, Row]]:
-    """(model row, baseline row) for every (question, turn, run) both labels answered, in the model's order."""
-    base = {(r["id"], r.get("turn", 1), r.get("run_index", 0)): r for r in rows if r["label"] == baseline}
-    return [(r, base[k]) for r in rows if r["label"] == model
-            and (k := (r["id"], r.get("turn", 1), r.get("run_index", 0))) in base]
+    """(model row, baseline row) for every (question, turn, seed) both labels answered, in the model's order."""
+    base = {(r["id"], r.get("turn", 1), r.get("seed")): r for r in rows if r["label"] == baseline}
+    return [(r, base[k]) for r in rows if r["label"] == model and (k := (r["id"], r.get("turn", 1), r.get("seed"))) in base]
 
 
 def pair_messages(a: Row, b: Row, prompts: dict[str, PairPrompt],
