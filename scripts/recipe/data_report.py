@@ -69,7 +69,7 @@ def answers_section() -> str:
         body.append([f"teacher answers, call {i}", r["engine"], r["answered"], r["kept"], r["tokens"], r["seconds"],
                      r["tokens_per_second"]])
     drops = collections.Counter()
-    for r in runs["answers"]:
+    for r in [*runs["answers"], runs.get("refilter", {"dropped": {}})]:
         drops.update(r["dropped"])
     shipped = list(rows(ROOT / "data/teacher/answers_qwen2.5-coder-1.5b.jsonl.gz"))
     words = sorted(len(r["answer"].split()) for r in shipped)

@@ -71,7 +71,7 @@ def echo_reason(text: str) -> str | None:
 
     A small teacher told to write "an opening sentence, one paragraph per aspect under a bold title (for
     example **Cost**), a closing sentence" wrote **Closing Sentence** as a title, or titled its paragraphs with
-    the instruction's own words (**Cost**, **Reasons**, **Steps**, **Items**) whatever the question: 590 of
+    the instruction's own words (**Cost**, **Reasons**, **Steps**, **Items**) whatever the question: 578 of
     9,737 answers of the first teacher run. Such answers teach titles that name nothing.
     """
     titles = [m.group(1).strip().rstrip(":").strip().lower() for m in _BOLD_TITLE.finditer(text)]
