@@ -498,3 +498,11 @@ def test_repeated_sibling_shows_more_dependence_on_smollm2() -> None:
     assert copy["nll_increase"] > free["nll_increase"] + 1.0 and copy["changed"] > free["changed"]
     (vote,) = asyncio.run(judge.independence(sample, "Here are two facts:", repeated, 1))
     assert vote.verdict is False
+
+
+def test_a_closing_line_right_under_the_last_item_stays_serial() -> None:
+    answer = ("To get insured, follow these steps:\n\n1. Compare offers from several insurers online today.\n"
+              "2. Choose the plan that covers collisions and theft.\n3. Pay the first premium to start coverage.\n"
+              "By following these steps, you can get insured quickly.")
+    runs = find_runs(answer)
+    assert runs and answer[runs[0].items[-1].start : runs[0].end] == "3. Pay the first premium to start coverage."

@@ -81,7 +81,8 @@ _BOLD_LABEL = re.compile(r"^ {0,3}(\*\*|__)(?=\S)([^*_\n]{1,80}?)(?<=\S)\1[ \t]*
 _PLAIN_LABEL = re.compile(r"^ {0,3}([A-Z0-9][^:\n]{0,48}?):(?=[ \t]+\S|[ \t]*$)")
 _CONCLUSION = re.compile(
     r"^(in (summary|conclusion|short)|overall|to (summarize|summarise|sum up|conclude)|ultimately|"
-    r"by following|remember|all in all|these (tips|steps|strategies|are)|(taken )?together,? (these|they|all))\b",
+    r"by following|remember|all in all|these (tips|steps|strategies|are)|(taken )?together,? (these|they|all)|"
+    r"both|with these|following these|whether you)\b",
     re.IGNORECASE,
 )
 _CONCLUSION_HEADING = re.compile(
@@ -528,6 +529,8 @@ def _list_item_end(
         marker = _list_marker(line)
         if marker is not None and _is_next(marker, kind, indent, number):
             return _ItemEnd(k, marker[2], blocks)
+        if marker is None and line.indent <= indent and _CONCLUSION.match(line.text.lstrip("*_ ")):
+            break  # a closing line ("By following these steps, ...") is the answer's, even right under an item
         if (marker is not None and marker[1] <= indent) or (line.indent <= indent and prev_blank):
             # Another list at this level or unindented text after a blank line ends a bulleted item. A
             # numbered item keeps bullets attached to it, and unindented blocks when its numbering resumes
