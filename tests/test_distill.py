@@ -43,6 +43,21 @@ def test_distill_answers_every_prompt_and_resumes(tiny, tmp_path):
     assert sorted(ids) == [f"p{i}" for i in range(5)]
 
 
+def test_left_padded_batches_answer_as_one_prompt_runs_do(tiny, tmp_path):
+    """Greedy answers of a batch (prompts of different lengths, left-padded) equal those of one-prompt runs."""
+    prompts = tmp_path / "p.jsonl"
+    write_prompts(prompts, 5)
+    got = {}
+    for size in (1, 5):
+        out = tmp_path / f"b{size}.jsonl"
+        assert main(["distill", "--model", str(tiny), "--prompts", str(prompts), "--output", str(out),
+                     "--batch-size", str(size), "--max-new-tokens", "8", "--temperature", "0", "--device", "cpu",
+                     "--engine", "pad", "--keep-bad"]) == 0
+        got[size] = {r["id"]: r["answer"] for r in map(json.loads, out.read_text().splitlines())}
+    assert len(got[1]) == 5 and all(got[1].values())
+    assert got[5] == got[1]
+
+
 def test_distill_names_bad_line(tiny, tmp_path, capsys):
     prompts = tmp_path / "bad.jsonl"
     prompts.write_text('{"id": "a", "prompt": "ok"}\n{"id": "b"}\n')
