@@ -670,9 +670,8 @@ def test_local_backend_with_tiny_model() -> None:
     assert len(votes) == 3 and all(v.verdict is None for v in votes)
 
 
-def test_cli_with_rule_rewriter_when_available(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`--rewriter rules` through the CLI (rules.py is written separately; skipped until it exists)."""
-    pytest.importorskip("aspd.pipeline.rules")
+def test_cli_with_rule_rewriter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--rewriter rules` through the CLI."""
     from aspd.cli import main
 
     inp = write_lines(tmp_path / "in.jsonl", [{"id": "a", "question": "Save energy?", "answer": ANSWER},
@@ -688,21 +687,20 @@ def test_cli_with_rule_rewriter_when_available(tmp_path: Path, capsys: pytest.Ca
     assert "samples: 2" in capsys.readouterr().out
 
 
-def test_likelihood_options_follow_the_judge_signature() -> None:
-    import argparse
+def test_likelihood_judge_gets_the_command_line_options() -> None:
+    from aspd.cli import build_parser
+    from aspd.pipeline.cli import build_backends
+    from aspd.pipeline.likelihood import DEFAULT_MAX_CHANGED, DEFAULT_MAX_NLL_INCREASE
 
-    from aspd.pipeline.cli import _likelihood_options
+    def judge(*extra: str) -> Any:
+        argv = ["transform", "--input", "in.jsonl", "--output", "out.jsonl", "--rewriter", "rules",
+                "--judge", "likelihood", "--target-model", "some-model", "--device", "cpu", *extra]
+        return build_backends(build_parser("transform").parse_args(argv), DEFAULT_PROMPTS)[1]
 
-    class New:
-        def __init__(self, model: str, *, device: str | None = None, dtype: str = "auto", max_changed: float = 0.1,
-                     max_nll_increase: float = 0.1) -> None: ...
-
-    class Old:
-        def __init__(self, model: str, threshold: float = 0.5, device: str | None = None) -> None: ...
-
-    args = argparse.Namespace(device="cpu", dtype="auto", likelihood_threshold=0.2, likelihood_max_nll_increase=None)
-    assert _likelihood_options(New, args) == {"device": "cpu", "dtype": "auto", "max_changed": 0.2}
-    assert _likelihood_options(Old, args) == {"device": "cpu", "threshold": 0.2}
+    given = judge("--likelihood-threshold", "0.2", "--likelihood-max-nll-increase", "0.3", "--dtype", "float32")
+    assert (given.max_changed, given.max_nll_increase, given._device, given._dtype) == (0.2, 0.3, "cpu", "float32")
+    default = judge()
+    assert (default.max_changed, default.max_nll_increase) == (DEFAULT_MAX_CHANGED, DEFAULT_MAX_NLL_INCREASE)
 
 
 def test_read_output_keeps_a_whole_last_record_without_newline(tmp_path: Path) -> None:
