@@ -22,22 +22,18 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+import numpy as np
 
 Row = dict[str, Any]
 
 
 def quantile(xs: Iterable[float], q: float) -> float | None:
     """Linear-interpolated quantile (numpy's default); None for no data."""
-    v = sorted(xs)
-    if not v:
-        return None
-    pos = (len(v) - 1) * q
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+    v = list(xs)
+    return float(np.quantile(v, q)) if v else None
 
 
 def median(xs: Iterable[float]) -> float | None:
