@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -335,6 +336,20 @@ def test_flipped_bytes_fail_verify(tiny: Tiny, cache_copy: Path) -> None:
     fetch(tiny.spec(), cache=cache_copy, progress=False)  # sizes only: still accepted, and fast
     with pytest.raises(FetchError, match=r"corrupted .*model.safetensors sha256 is [0-9a-f]{64}.*--force"):
         verify("tiny-test", cache=cache_copy)
+
+
+def test_concurrent_fetches_of_one_model_build_it_once(tiny: Tiny, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    cache = tmp_path / "cache"
+    folders: list[Path] = []
+    threads = [threading.Thread(target=lambda: folders.append(fetch(tiny.spec(), cache=cache, progress=True)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(folders) == 2 and folders[0] == folders[1] and is_cached("tiny-test", cache)
+    assert capsys.readouterr().err.count("waiting for another fetch of tiny-test") == 1  # the second one waited
 
 
 def test_missing_manifest_is_corruption(cache_copy: Path, tiny: Tiny) -> None:
