@@ -36,7 +36,8 @@ from aspd.models import (
     unregister,
     verify,
 )
-from aspd.models.fetch import MANIFEST, _is_enospc
+from aspd.models.cache import MANIFEST
+from aspd.models.fetch import _is_enospc
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
