@@ -10,26 +10,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aspd.bench.metrics import ParallelStats, abn, dp, parallel_stats, ppd
 from aspd.markup import (
     Branch,
     Document,
     Group,
     MarkupError,
-    ParallelStats,
     Serial,
-    abn,
-    dp,
     flatten,
-    from_token_text,
-    parallel_stats,
     parse,
-    ppd,
     render,
     same_text,
     similarity,
-    to_token_text,
     validate,
 )
+from aspd.token_text import from_token_text, to_token_text
 from aspd.tokens import DEFAULT_TOKENS, SpecialTokens, is_head
 
 DESIGN_EXAMPLE = """A driver works 3 hours at $40/hour and drives 60 miles.

@@ -18,9 +18,9 @@ from aspd.markup import (
     Serial,
     branch_body,
     flatten,
-    from_token_text,
     parse,
 )
+from aspd.token_text import from_token_text
 from aspd.tokens import ControlIds, branch_prefix_ids, is_head, text_ids
 
 Message = dict[str, str]

@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aspd.bench.metrics import word_count
 from aspd.jsonl import JsonlReader
-from aspd.markup import MarkupError, word_count
+from aspd.markup import MarkupError
 from aspd.pipeline.prompts import DEFAULT_PROMPTS, Prompts, span_messages
 from aspd.pipeline.rules import (
     _BACK_REFERENCE,
