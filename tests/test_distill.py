@@ -122,3 +122,19 @@ def test_distill_skip_bad_lines_and_made_up_ids_survive_resume(tiny_folder, tmp_
     assert sorted(map(str, ids)) == ["2", "line-2"]
     assert main([*args, "--skip-bad-lines", "--resume"]) == 0
     assert len(out.read_text().splitlines()) == 2  # nothing answered twice
+
+
+def test_echo_reason_catches_titles_that_repeat_the_instruction():
+    from aspd.distill import PARALLEL_STYLE, drop_reason, echo_reason
+
+    good = ("Basil needs three things.\n\n**Light**: six hours of sun.\n\n**Water**: keep the soil moist.\n\n"
+            "**Pruning**: pinch the tops.\n\nWith these, it thrives.")
+    assert echo_reason(good) is None and drop_reason(good, "stop") is None
+    shape = good.replace("With these, it thrives.", "**Closing Sentence:** With these, it thrives.")
+    assert "shape" in echo_reason(shape) and drop_reason(shape, "stop") == "echo"
+    generic = "When was the Enlightenment?\n\n1. **Cost**: none.\n2. **Reasons**: ideas.\n3. **Steps**: books."
+    assert "cost, reasons, steps" in echo_reason(generic)
+    assert echo_reason("**Cost**: a single generic title is fine.") is None
+    assert drop_reason(good, "length") == "length"
+    # The instruction itself no longer offers a title to copy.
+    assert "**" not in PARALLEL_STYLE and "closing sentence" not in PARALLEL_STYLE.lower()

@@ -167,3 +167,17 @@ def test_ddp_through_accelerate_launch_needs_no_code_change(tiny_folder, data_fi
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert '"steps": 4' in proc.stdout
     assert (out / "model.safetensors").exists() and (out / ASPD_CONFIG).exists()
+
+
+def test_worker_processes_give_the_same_losses(tiny_folder, data_file, tmp_path, one_thread):
+    """Batches built ahead by data-loader workers (the default on a GPU) train exactly as in-process ones."""
+    base = dict(model=str(tiny_folder), data=str(data_file), lr=1e-3, batch_size=2, max_steps=4, logging_steps=1,
+                save_steps=1000, pack=True, max_length=128)
+    losses = []
+    for w in (0, 2):
+        out = tmp_path / f"w{w}"
+        train(TrainConfig(output=str(out), workers=w, **base))
+        losses.append([h["loss"] for h in json.loads((out / "loss_history.json").read_text()) if "loss" in h])
+    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], rel=1e-5)
+    with pytest.raises(DataError, match="workers must be >= 0"):
+        train(TrainConfig(output=str(tmp_path / "neg"), workers=-1, **base))

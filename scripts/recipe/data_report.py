@@ -1,7 +1,7 @@
 """The tables of docs/results/data.md, from the committed summaries of issue 17's data (and samples, if given).
 
 Usage: python scripts/recipe/data_report.py [--transform FULL_TRANSFORM.jsonl] [--judged JUDGED.jsonl] > tables.md
-Reads data/prompts/reports/*.json, data/prompts/... and data/teacher/*. With --transform (the full `aspd transform`
+Reads data/prompts/reports/*.json and data/teacher/* (judged_rules_likelihood.json: `judged_summary` below). With --transform (the full `aspd transform`
 output, candidates included), it also draws ten accepted and ten rejected samples (seed 0) with their reasons;
 --judged adds samples the likelihood judge turned back.
 """
@@ -122,6 +122,16 @@ def examples(path: str, judged: str | None) -> str:
     return "\n".join(out)
 
 
+def judged_summary(path: str, hours: float) -> dict[str, object]:
+    """Counts over a (possibly unfinished) likelihood-judged transform output; `hours` of wall time it took."""
+    rs = list(rows(path))
+    dp = [r["stats"]["dp"] for r in rs if r["parallel"]]
+    return {"samples": len(rs), "parallel": sum(r["parallel"] for r in rs),
+            "groups_proposed": sum(r["stats"]["groups_proposed"] for r in rs),
+            "groups_kept": sum(r["stats"]["groups"] for r in rs),
+            "dp_parallel": round(sum(dp) / len(dp), 3) if dp else 0.0, "samples_per_hour": round(len(rs) / hours)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--transform", default=None)
@@ -130,10 +140,14 @@ def main() -> None:
     parts = ["## Prompts", "", prompts_section(), "", "## Teacher answers", "", answers_section(), "",
              "## Rewriters", "", transform_section(ROOT / "data/teacher/transform_rules.summary.json",
                                                     "Rules, no judge (all answers)")]
-    judged = ROOT / "data/teacher/transform_rules_likelihood.summary.json"
+    judged = ROOT / "data/teacher/judged_rules_likelihood.json"
     if judged.exists():
-        parts += ["", transform_section(judged, "Rules + likelihood judge under SmolLM2-135M (the rule-parallel "
-                                                 "answers judged so far)")]
+        j = json.loads(judged.read_text())
+        parts += ["", "### Rules + the likelihood judge under SmolLM2-135M (the first rule-parallel samples)", "",
+                  table(["samples judged", "still parallel", "groups proposed", "groups kept",
+                         "DP (parallel samples)", "samples/hour (CPU)"],
+                        [[j["samples"], j["parallel"], j["groups_proposed"], j["groups_kept"], j["dp_parallel"],
+                          j["samples_per_hour"]]])]
     if args.transform:
         parts += ["", "## Samples", "", examples(args.transform, args.judged)]
     print("\n".join(parts))

@@ -1,8 +1,9 @@
 """`aspd distill`: a model answers a prompt set (batched): the target itself (non-invasive targets) or a teacher.
 
 Output lines keep every input field and add `answer` and `finish`; sampling settings go to OUT.meta.json. Runs
-append and flush per batch; a rerun with --resume skips ids already answered. Answers cut by the length limit
-or caught looping go to OUT.dropped.jsonl with the reason (unless --keep-bad), so OUT holds usable targets only.
+append and flush per batch; a rerun with --resume skips ids already answered. Answers cut by the length limit,
+caught looping or echoing the shape instruction (`drop_reason`) go to OUT.dropped.jsonl with the reason (unless
+--keep-bad), so OUT holds usable targets only.
 A teacher may be steered by a system prompt (`--system`, `--parallel-style`) that is not part of the sample.
 """
 
@@ -23,11 +24,12 @@ from aspd.jsonl import JsonlReader, RecordIds, read_appended, record_id
 
 PARALLEL_STYLE = (
     "You are a careful, helpful assistant. If a question asks about several separate aspects, options, "
-    "reasons, steps or items that can each be explained on its own, shape the answer like this: one short "
-    "opening sentence; then one paragraph per aspect, each under a short bold title (for example **Cost**) and "
-    "written so that it makes sense without the other paragraphs (never refer to them); then one short closing "
-    "sentence. If the question has a single focus (a fact, a definition, a calculation, a piece of code, a "
-    "rewrite, a story or a poem), answer it plainly and directly, without that shape. Be accurate and concise."
+    "reasons, steps or items that can each be explained on its own, begin with one sentence that answers it "
+    "directly; then give one paragraph per aspect, each under a short bold title that names that aspect in the "
+    "question's own terms, written so that it makes sense without the other paragraphs (never refer to them); "
+    "then end with one sentence that sums up. If the question has a single focus (a fact, a definition, a "
+    "calculation, a piece of code, a rewrite, a story or a poem), answer it plainly and directly, without that "
+    "shape. Be accurate and concise."
 )
 """The teacher's system prompt for answers that parallelise where the question invites it (issue 17)."""
 
@@ -58,6 +60,39 @@ def loop_reason(text: str) -> str | None:
     return None
 
 
+_BOLD_TITLE = re.compile(r"^\s*(?:[-*+]|\d+[.)])?\s*\*\*([^*\n]{1,60}?)\s*:?\s*\*\*", re.MULTILINE)
+_SHAPE_TITLES = frozenset({"opening", "closing", "opening sentence", "closing sentence", "opening paragraph",
+                           "closing paragraph", "opening statement", "closing statement"})
+_GENERIC_TITLES = frozenset({"aspect", "aspects", "cost", "options", "reasons", "steps", "items"})
+
+
+def echo_reason(text: str) -> str | None:
+    """Why an answer echoes the shape instruction instead of following it, or None.
+
+    A small teacher told to write "an opening sentence, one paragraph per aspect under a bold title (for
+    example **Cost**), a closing sentence" wrote **Closing Sentence** as a title, or titled its paragraphs with
+    the instruction's own words (**Cost**, **Reasons**, **Steps**, **Items**) whatever the question: 590 of
+    9,737 answers of the first teacher run. Such answers teach titles that name nothing.
+    """
+    titles = [m.group(1).strip().rstrip(":").strip().lower() for m in _BOLD_TITLE.finditer(text)]
+    shape = [t for t in titles if t in _SHAPE_TITLES]
+    if shape:
+        return f"a bold title names the answer's shape: {shape[0]!r}"
+    generic = sorted(set(titles) & _GENERIC_TITLES)
+    if len(generic) >= 2:
+        return f"bold titles are the instruction's generic words: {', '.join(generic)}"
+    return None
+
+
+def drop_reason(answer: str, finish: str) -> str | None:
+    """Why a teacher answer is no training target: 'length' (cut), 'loop' or 'echo'; None to keep it."""
+    if finish == "length":
+        return "length"
+    if loop_reason(answer):
+        return "loop"
+    return "echo" if echo_reason(answer) else None
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("distill", help="answer a prompt set with the model itself (self-distilled targets)")
     p.add_argument("--model", required=True, help="registry name or local HF folder")
@@ -84,7 +119,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parallel-style", action="store_true",
                    help="the built-in teacher system prompt: multi-aspect answers as titled, self-contained paragraphs")
     p.add_argument("--keep-bad", action="store_true",
-                   help="keep answers cut by the length limit or caught looping in --output (default: OUT.dropped.jsonl)")
+                   help="keep answers cut by the length limit, looping or echoing the instruction in --output "
+                        "(default: OUT.dropped.jsonl)")
     p.add_argument("--skip-bad-lines", action="store_true", help="report and skip bad prompt lines (file:line)")
     p.set_defaults(func=run)
 
@@ -186,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
             answer = tok.decode(row[:cut], skip_special_tokens=True).strip()
             n_tok += cut
             rec = {**obj, "answer": answer, "finish": "stop" if cut < len(row) else "length"}
-            why = "length" if rec["finish"] == "length" else ("loop" if loop_reason(answer) else None)
+            why = drop_reason(answer, rec["finish"])
             if why is None and not answer:
                 why = "empty"
             if why is not None and not args.keep_bad:

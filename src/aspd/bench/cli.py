@@ -156,6 +156,28 @@ def register(sub: Any) -> None:
     _one_line_error(p)
 
     p = bsub.add_parser(
+        "pairwise", help="pairwise judge: a model's answers against a baseline's, both orders, ties allowed",
+        description="For every question (and turn) both labels answered, give a local judge model MT-Bench's "
+                    "pairwise prompt twice (the model as assistant A, then as B) and read its verdict from the "
+                    "likelihood of '[[A]]', '[[B]]' and '[[C]]' (tie). Win when both orders prefer the model, "
+                    "loss when both prefer the baseline, else tie.")
+    p.add_argument("--answers", required=True, metavar="FILE", help="results.json written by `aspd bench speed`")
+    p.add_argument("--judge-model", required=True, metavar="NAME_OR_PATH",
+                   help="judge model, registry name or folder, run in this process")
+    p.add_argument("--model", default=None, metavar="LABEL", help="label of the judged model (default: the first)")
+    p.add_argument("--baseline", default=None, metavar="LABEL",
+                   help="label it is compared with (default: the first baseline)")
+    p.add_argument("--bench-dir", default=None, metavar="DIR",
+                   help="where judge_prompts.jsonl and reference_answer/ live (default: as for `bench speed`)")
+    p.add_argument("--reference", default=None, metavar="FILE",
+                   help="reference answers JSONL (default: reference_answer/<bench file stem>_gpt-4.jsonl)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="pairwise JSON (default: pairwise_MODEL_vs_BASELINE.json beside --answers)")
+    _add_device(p)
+    p.set_defaults(func=_cmd_pairwise)
+    _one_line_error(p)
+
+    p = bsub.add_parser(
         "exact", help="judge-free exact-match accuracy of final numbers against GSM8K-style gold answers",
         description="Compare the last number of every first-turn answer with the number after '####' in the "
                     "gold answer of the same question id; report accuracy per model label.")
@@ -413,6 +435,69 @@ def _cmd_quality(args: argparse.Namespace) -> int:
     failed = sum(g["score"] is None for g in graded)
     print(f"aspd: wrote {out}" + (f" and updated {path}" if args.update else "")
           + (f"; {failed} of {n} answers could not be graded" if failed else ""), file=sys.stderr)
+    return 0
+
+
+def _cmd_pairwise(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from aspd.bench.data import BenchDataError, find_bench_dir
+    from aspd.bench.nll import load_reference
+    from aspd.bench.pairwise import judge_pairs, load_pair_prompts, pairs, pairwise_summary
+    from aspd.bench.quality import default_reference_file, load_references
+    from aspd.bench.report import command_line
+
+    path = Path(args.answers)
+    results = _load_answers(path)
+    rows = results["rows"]
+    models = results.get("config", {}).get("models", [])
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    model = args.model or next((m["label"] for m in models if m.get("role") == "model"), None)
+    baseline = args.baseline or next((m["label"] for m in models if m.get("role") == "baseline"), None)
+    for what, lab in (("--model", model), ("--baseline", baseline)):
+        if lab not in labels:
+            raise CLIError(f"{what} {lab!r} answered nothing in {path}; labels there: {', '.join(labels)}")
+    assert model is not None and baseline is not None
+    if not pairs(rows, model, baseline):
+        raise CLIError(f"{path}: {model!r} and {baseline!r} answered no question in common")
+    try:
+        bench_dir = find_bench_dir(args.bench_dir)
+        prompts = load_pair_prompts(bench_dir / "judge_prompts.jsonl")
+        ref_file = (Path(args.reference) if args.reference
+                    else default_reference_file(bench_dir, results.get("config", {}).get("bench_file")))
+        references = load_references(ref_file) if ref_file else {}
+    except BenchDataError as e:
+        raise CLIError(str(e)) from None
+    device = _device(args.device)
+    hf_logging.set_verbosity_error()
+    try:
+        judge, tok = load_reference(args.judge_model, device=device, dtype=args.dtype)
+    except Exception as e:
+        raise CLIError(f"cannot load judge model {args.judge_model!r}: {_err(e)}") from None
+
+    def show(r: dict[str, Any]) -> None:
+        what = r["outcome"] or f"not judged ({r['error']})"
+        print(f"[pairwise] q{r['id']} t{r['turn']}: {what}", file=sys.stderr, flush=True)
+
+    records = judge_pairs(judge, tok, rows, model, baseline, prompts, references, on_pair=show)
+    summary = pairwise_summary(records)
+    config = {"command": command_line(getattr(args, "argv", None)), "answers": str(path), "model": model,
+              "baseline": baseline, "judge_model": args.judge_model, "device": device, "dtype": args.dtype,
+              "judge_prompts": str(bench_dir / "judge_prompts.jsonl"),
+              "reference": str(ref_file) if ref_file else None}
+    safe = lambda s: "".join(c if c.isalnum() or c in "-._" else "_" for c in s)  # noqa: E731
+    out = Path(args.out) if args.out else path.with_name(f"pairwise_{safe(model)}_vs_{safe(baseline)}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"config": config, "summary": summary, "records": records}, indent=1,
+                              ensure_ascii=False) + "\n", encoding="utf-8")
+    lines = [f"| {model} vs {baseline} | judged | win | tie | loss | win+tie | A-verdict share |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for k, s in summary.items():
+        f = lambda x: "–" if x is None else f"{x:.0%}"  # noqa: E731
+        lines.append(f"| {k} | {s['judged']}/{s['pairs']} | {s['win']} | {s['tie']} | {s['loss']} | "
+                     f"{f(s['win_tie_rate'])} | {f(s['a_verdict_share'])} |")
+    print("\n".join(lines))
+    print(f"aspd: wrote {out}", file=sys.stderr)
     return 0
 
 

@@ -45,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
     p.add_argument("--skip-bad-lines", action="store_true", help="report and skip malformed lines")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="data-loader worker processes that build batches ahead (default: 4 on a GPU, else 0)")
     p.set_defaults(func=run)
 
 

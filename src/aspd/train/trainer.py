@@ -54,6 +54,7 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     skip_bad_lines: bool = False
+    workers: int | None = None  # data-loader processes; None: 4 with CUDA, else 0
 
 
 def _bf16(cfg: TrainConfig) -> bool:
@@ -92,6 +93,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise DataError(f"unknown format {cfg.format!r}; choose from {', '.join(FORMATS)}")
     if cfg.promise_len < 1:
         raise DataError("promise_len must be >= 1")
+    if cfg.workers is not None and cfg.workers < 0:
+        raise DataError(f"workers must be >= 0, not {cfg.workers}")
     # The data first: a bad file fails before the slow model load.
     records = read_records(cfg.data, serial=cfg.serial, on_error="skip" if cfg.skip_bad_lines else "raise",
                            fmt=cfg.format)
@@ -139,7 +142,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         seed=cfg.seed,
         remove_unused_columns=False,  # the collator builds position ids and 4D masks itself
         report_to=[],
-        dataloader_num_workers=0,
+        # Laying out masks costs CPU time per step (O(tokens^2) per sample); on a GPU, worker processes build the
+        # next batches while the current one runs. On the CPU they would only compete for the same cores.
+        dataloader_num_workers=cfg.workers if cfg.workers is not None else (4 if torch.cuda.is_available() else 0),
     )
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     resume = None

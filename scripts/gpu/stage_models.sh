@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Issue 18 on one GPU lease: ASPD and Seq twins of each base on the teacher data (issue 17), then the benches.
+# Every step is one device call of at most ten minutes; trainings run in the background between calls, so the calls
+# must follow each other while the machine is warm. Bases must be received first (scripts/gpu/stage_receive.sh).
+# Carry .xfer/whl and .xfer/data (bench/ question files; teacher/ with the answers and transform of data/teacher).
+#
+#   setup BASE...                   install wheels, convert the received GGUFs, build the training set
+#   train BASE RANK EPOCHS LR       start the ASPD and Seq LoRA fine-tunes of BASE in the background
+#   wait [SECONDS]                  until every training has ended (or SECONDS); logs and packed adapters -> $OUT
+#   bench BASE QUESTIONS TAG        ASPD against Seq, side by side, paper sampling, NLL under the 1.5B (resumable)
+#   pairwise TAG BASE               the 1.5B judges ASPD against Seq on TAG's answers, both orders
+set -euo pipefail
+# Dry run on the CPU: W=/tmp/w ASPD_CACHE=~/.cache/aspd OUT=/tmp/out MAX_STEPS=2 LIMIT=1 bash scripts/gpu/stage_models.sh ...
+export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1 ASPD_CACHE=${ASPD_CACHE:-/root/cache}
+w=${W:-/root/work}
+m=$w/m
+mkdir -p "$w/logs" "$m"
+aspd() { python3 -m aspd.cli "$@"; }
+quiet() { tr '\r' '\n' | grep -v -E "it/s\]|s/it\]|^\s*$" || true; }
+step=$1; shift
+case "$step" in
+  setup)
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .xfer/whl/*.whl 2>/dev/null || true
+    for base in "$@"; do
+      [ -d "$ASPD_CACHE/models/$base" ] || aspd models fetch "$base" --gguf "/root/models/$base.gguf" -q
+    done
+    python3 scripts/recipe/teacher_join.py .xfer/data/teacher/answers_qwen2.5-coder-1.5b.jsonl.gz \
+      .xfer/data/teacher/transform_rules.jsonl.gz "$w/t.jsonl"
+    aspd transform --to-train "$w/t.jsonl" --aspd "$w/train.jsonl" --serial-share 0.25
+    nvidia-smi --query-gpu=name,memory.used --format=csv,noheader 2>/dev/null || true ;;
+  train)
+    base=$1 rank=$2 epochs=$3 lr=$4
+    for v in aspd seq; do
+      flag=(); [ "$v" = seq ] && flag=(--serial)
+      rm -rf "$m/$v-$base" "$w/logs/$v-$base".*
+      setsid nohup bash -c "/usr/bin/time -f '$v-$base: %e s' python3 -m aspd.cli train --model $base \
+        --data $w/train.jsonl --epochs $epochs --batch-size ${BATCH:-4} --pack --max-length ${MAXLEN:-2048} --precision ${PRECISION:-bf16} \
+        --logging-steps 5 --save-steps 100000 --seed 0 --lora --lora-r $rank --lora-alpha $((2 * rank)) \
+        --lora-dropout 0.05 --lr $lr ${MAX_STEPS:+--max-steps $MAX_STEPS} ${flag[*]} --output $m/$v-$base \
+        && python3 -m aspd.cli models pack $m/$v-$base $w/art/$v-$base --base $base \
+        && touch $w/logs/$v-$base.done || touch $w/logs/$v-$base.failed" \
+        > "$w/logs/$v-$base.log" 2>&1 < /dev/null &
+    done
+    sleep 20; tail -n 3 "$w"/logs/*.log | quiet ;;
+  wait)
+    t0=$(date +%s)
+    while ls "$w"/logs/*.log >/dev/null 2>&1; do
+      running=0
+      for log in "$w"/logs/*.log; do
+        n=${log%.log}; [ -f "$n.done" ] || [ -f "$n.failed" ] || running=$((running + 1))
+      done
+      [ "$running" = 0 ] && break
+      [ $(( $(date +%s) - t0 )) -ge "${1:-540}" ] && { echo "still running: $running"; break; }
+      sleep 10
+    done
+    for log in "$w"/logs/*.log; do
+      n=$(basename "${log%.log}")
+      quiet < "$log" > "$OUT/train_$n.log"
+      if [ -f "$w/logs/$n.done" ]; then
+        tar -C "$w/art" -cf "$OUT/$n.tar" "$n"
+        echo "$n: done; $(grep -E '^\S+: [0-9.]+ s$' "$OUT/train_$n.log")"
+      else echo "$n: $( [ -f "$w/logs/$n.failed" ] && echo FAILED || echo running)"; tail -3 "$OUT/train_$n.log"; fi
+    done ;;
+  bench)
+    base=$1 questions=$2 tag=$3
+    out=$w/bench/$tag resume=()
+    [ -f "$out/rows.partial.jsonl" ] && resume=(--resume)
+    rc=0
+    (cd "$m" && timeout "${BUDGET_S:-560}" python3 -m aspd.cli bench speed --model "aspd-$base" \
+      --baseline "seq-$base" --bench "$OLDPWD/$questions" ${LIMIT:+--limit $LIMIT} --paper-sampling \
+      --repetition-penalty 1.05 --max-new-tokens 512 --nll-model qwen2.5-coder-1.5b --out "$out" "${resume[@]}" \
+      2>&1 | quiet | grep -v "^\[" ) || rc=$?
+    mkdir -p "$OUT/$tag" && cp -r "$out/." "$OUT/$tag/"
+    exit "$rc" ;;
+  pairwise)
+    tag=$1 base=$2
+    aspd bench pairwise --answers "$w/bench/$tag/results.json" --judge-model qwen2.5-coder-1.5b --dtype bfloat16 \
+      --model "aspd-$base" --baseline "seq-$base" --bench-dir .xfer/data/bench 2>&1 | quiet | grep -v "^\[pairwise\]"
+    mkdir -p "$OUT/$tag" && cp "$w/bench/$tag"/pairwise_*.json "$OUT/$tag/" ;;
+  *) echo "unknown step $step" >&2; exit 2 ;;
+esac
