@@ -80,6 +80,10 @@ def speed_run(models, qfile):
 # ------------------------------------------------------------------------------------------ data
 
 
+def test_quantiles_interpolate_linearly():
+    assert quantile([4, 1, 3, 2], 0.25) == 1.75 and quantile([5], 0.9) == 5 and quantile([], 0.5) is None
+
+
 def test_shipped_question_sets_parse():
     mt = load_questions(SHIPPED_DIR / "mt_bench.jsonl")
     assert len(mt) == 80 and all(len(q.turns) == 2 for q in mt)

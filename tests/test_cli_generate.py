@@ -127,16 +127,34 @@ def test_system_prompt_and_no_chat_change_the_prompt(model_dir, capsys, monkeypa
 
 
 def test_sampling_flags(model_dir, capsys, monkeypatch):
+    """Each flag reaches the sampler: the CLI's answer is the Python API's answer under the same settings."""
+    from aspd.engine import HybridEngine, Limits, SamplingParams
+    from aspd.engine.cli import answer_prefix_ids
+    from aspd.loading import load_model
+
+    eng = HybridEngine(*load_model(model_dir, device="cpu"))
+
     def text(*extra: str) -> str:
         rc, out, _ = run_cli(capsys, monkeypatch, [*gen_args(model_dir, "--json", *extra), "Give tips."])
         assert rc == 0
         return json.loads(out)["text"]
 
+    def reference(**sp: float) -> str:
+        return eng.generate("Give tips.", answer_prefix=answer_prefix_ids(eng, PREFIX), sampling=SamplingParams(**sp),
+                            limits=Limits(max_new_tokens=40, max_branch_tokens=8)).text
+
     greedy = text()
+    assert greedy == reference()
     paper = text("--paper-sampling", "--seed", "1")
-    assert paper == text("--paper-sampling", "--seed", "1") != greedy  # seeded: reproducible
+    assert paper == reference(temperature=0.7, top_k=20, top_p=0.8, seed=1) != greedy
     assert text("--paper-sampling", "--temperature", "0") == greedy  # explicit flags override the preset
-    assert text("--temperature", "1.0", "--top-k", "5", "--top-p", "0.9", "--repetition-penalty", "1.2")
+    flags = {"temperature": 1.0, "top_k": 5, "top_p": 0.5, "repetition_penalty": 1.2, "seed": 3}
+    argv = [a for k, v in flags.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    full = text(*argv)
+    assert full == reference(**flags) != greedy
+    # Every flag counts: leaving any one out changes the answer (each was chosen to matter on this model).
+    for k in flags:
+        assert reference(**{n: v for n, v in flags.items() if n != k}) != full, k
 
 
 def test_chat_two_turns_history_and_reset(model_dir, capsys, monkeypatch):

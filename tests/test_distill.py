@@ -3,19 +3,7 @@
 import gzip
 import json
 
-import pytest
-
 from aspd.cli import main
-from aspd.testing import tiny_model, tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny")
-    tok = tiny_tokenizer()
-    tiny_model("qwen2", len(tok)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def write_prompts(path, n):
@@ -24,10 +12,10 @@ def write_prompts(path, n):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def test_distill_answers_every_prompt_and_resumes(tiny, tmp_path):
+def test_distill_answers_every_prompt_and_resumes(tiny_folder, tmp_path):
     prompts, out = tmp_path / "p.jsonl", tmp_path / "out.jsonl"
     write_prompts(prompts, 5)
-    args = ["distill", "--model", str(tiny), "--prompts", str(prompts), "--output", str(out), "--batch-size", "2",
+    args = ["distill", "--model", str(tiny_folder), "--prompts", str(prompts), "--output", str(out), "--batch-size", "2",
             "--max-new-tokens", "6", "--temperature", "0", "--device", "cpu", "--keep-bad"]
     assert main(args) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -43,10 +31,25 @@ def test_distill_answers_every_prompt_and_resumes(tiny, tmp_path):
     assert sorted(ids) == [f"p{i}" for i in range(5)]
 
 
-def test_distill_names_bad_line(tiny, tmp_path, capsys):
+def test_left_padded_batches_answer_as_one_prompt_runs_do(tiny_folder, tmp_path):
+    """Greedy answers of a batch (prompts of different lengths, left-padded) equal those of one-prompt runs."""
+    prompts = tmp_path / "p.jsonl"
+    write_prompts(prompts, 5)
+    got = {}
+    for size in (1, 5):
+        out = tmp_path / f"b{size}.jsonl"
+        assert main(["distill", "--model", str(tiny_folder), "--prompts", str(prompts), "--output", str(out),
+                     "--batch-size", str(size), "--max-new-tokens", "8", "--temperature", "0", "--device", "cpu",
+                     "--engine", "pad", "--keep-bad"]) == 0
+        got[size] = {r["id"]: r["answer"] for r in map(json.loads, out.read_text().splitlines())}
+    assert len(got[1]) == 5 and all(got[1].values())
+    assert got[5] == got[1]
+
+
+def test_distill_names_bad_line(tiny_folder, tmp_path, capsys):
     prompts = tmp_path / "bad.jsonl"
     prompts.write_text('{"id": "a", "prompt": "ok"}\n{"id": "b"}\n')
-    code = main(["distill", "--model", str(tiny), "--prompts", str(prompts), "--output", str(tmp_path / "o.jsonl")])
+    code = main(["distill", "--model", str(tiny_folder), "--prompts", str(prompts), "--output", str(tmp_path / "o.jsonl")])
     assert code == 2 and "bad.jsonl:2" in capsys.readouterr().err
 
 
@@ -64,11 +67,11 @@ def test_loop_reason_catches_repeats_but_not_prose_or_code():
     assert loop_reason(blocks) is not None
 
 
-def test_distill_with_a_system_prompt_drops_cut_answers(tiny, tmp_path):
+def test_distill_with_a_system_prompt_drops_cut_answers(tiny_folder, tmp_path):
     """The system prompt steers generation but is not written; answers cut by the limit go to the dropped file."""
     prompts, out = tmp_path / "p.jsonl", tmp_path / "out.jsonl"
     write_prompts(prompts, 3)
-    base = ["distill", "--model", str(tiny), "--prompts", str(prompts), "--batch-size", "3",
+    base = ["distill", "--model", str(tiny_folder), "--prompts", str(prompts), "--batch-size", "3",
             "--max-new-tokens", "4", "--temperature", "0", "--device", "cpu", "--parallel-style"]
     assert main([*base, "--output", str(out)]) == 0
     dropped = [json.loads(line) for line in (tmp_path / "out.jsonl.dropped.jsonl").read_text().splitlines()]
@@ -89,11 +92,11 @@ def test_distill_with_a_system_prompt_drops_cut_answers(tiny, tmp_path):
     assert len(answers(out2)) == 3 and answers(out2) != answers(out3)
 
 
-def test_continuous_batching_gives_the_padded_batches_greedy_answers(tiny, tmp_path):
+def test_continuous_batching_gives_the_padded_batches_greedy_answers(tiny_folder, tmp_path):
     """--engine cb (transformers' continuous batching) answers exactly as left-padded generate does, greedily."""
     prompts = tmp_path / "p.jsonl"
     write_prompts(prompts, 5)
-    base = ["distill", "--model", str(tiny), "--prompts", str(prompts), "--batch-size", "5",
+    base = ["distill", "--model", str(tiny_folder), "--prompts", str(prompts), "--batch-size", "5",
             "--max-new-tokens", "7", "--temperature", "0", "--device", "cpu", "--keep-bad"]
     got = {}
     for engine in ("pad", "cb"):
@@ -103,12 +106,12 @@ def test_continuous_batching_gives_the_padded_batches_greedy_answers(tiny, tmp_p
     assert len(got["cb"]) == 5 and got["cb"] == got["pad"]
 
 
-def test_distill_skip_bad_lines_and_made_up_ids_survive_resume(tiny, tmp_path, capsys):
+def test_distill_skip_bad_lines_and_made_up_ids_survive_resume(tiny_folder, tmp_path, capsys):
     prompts, out = tmp_path / "p.jsonl.gz", tmp_path / "out.jsonl"
     lines = [json.dumps({"id": 2, "prompt": "Real id 2."}).encode(), json.dumps({"prompt": "No id."}).encode(),
              json.dumps({"id": None, "prompt": "Null id."}).encode(), b'{"id": "x", "prompt": "Caf\xe9"}']
     prompts.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
-    args = ["distill", "--model", str(tiny), "--prompts", str(prompts), "--output", str(out),
+    args = ["distill", "--model", str(tiny_folder), "--prompts", str(prompts), "--output", str(out),
             "--max-new-tokens", "2", "--temperature", "0", "--device", "cpu", "--keep-bad"]
     assert main(args) == 2
     assert f"{prompts}:3: 'id' must be a non-empty string or an integer, got null" in capsys.readouterr().err

@@ -288,3 +288,18 @@ def test_budget_ending_inside_a_group_is_not_overshot(extra):
     assert g.stats.groups == (1 if extra >= len(titles) else 0)  # no group opens without budget for its ends
     assert g.stats.tokens <= new
     render(g.doc)
+
+
+def test_detokenizer_deltas_add_up_to_the_decode_and_hold_split_characters():
+    from aspd.engine.text import Detokenizer
+
+    tok = tiny_tokenizer()
+    add_control_tokens(tok, tiny_model("llama", len(tok)))
+    ids = tok("Zürich: 日本 🎉<|para|> café, ok", add_special_tokens=False)["input_ids"]
+    d = Detokenizer(tok)
+    deltas = [d.push(t) for t in ids]
+    assert "".join(deltas) + d.flush() == tok.decode(ids)
+    assert not any("\ufffd" in x for x in deltas) and deltas.count("") > 0  # some characters span tokens
+    cut = tok("🎉", add_special_tokens=False)["input_ids"][:-1]  # an emoji missing its last byte
+    d = Detokenizer(tok)
+    assert [d.push(t) for t in cut] == [""] * len(cut) and d.flush() == tok.decode(cut)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from aspd.engine import HybridEngine, Limits, SamplingParams
-from aspd.engine.kv import StaticKV
+from aspd.engine.kv import BUCKETS, StaticKV
 from aspd.testing import ARCHS, tiny_model, tiny_tokenizer
 from aspd.tokens import add_control_tokens, text_ids
 
@@ -105,3 +105,57 @@ def test_unknown_engine_is_refused():
     add_control_tokens(tok, model)
     with pytest.raises(ValueError, match="engine must be one of"):
         HybridEngine(model, tok, engine="turbo")
+
+
+class CpuGraphKV(StaticKV):
+    """StaticKV with the CUDA graphs' replay path on CPU: `capture` keeps the bucket's static input, rows and
+    logits buffers, and `replay` reruns the captured step on them in place, as a graph replay does. Only the
+    CUDA calls are stood in for; feed()'s own graph logic (buffers per bucket and row kind, the copies into
+    them, the clone of the output, dropping graphs when the cache grows) runs as on a GPU."""
+
+    def __init__(self, eng, capacity: int):
+        super().__init__(eng, capacity, bucketed=True)
+        self.graphs_on = True
+        self.captures = 0
+
+    def _try_capture(self, size, explicit):
+        from aspd.engine.kv import _Graph
+
+        inputs = self._inputs([], [], [], [], size).to(self.e.device)
+        rows = self._rows(torch.zeros(0, 0, dtype=torch.bool), size, self.capacity) if explicit else None
+        logits = self._step(inputs, self.capacity, rows)
+
+        class Replay:
+            def replay(_self):
+                logits.copy_(self._step(inputs, self.capacity, rows))
+
+        self.captures += 1
+        self.graphs[(size, explicit)] = _Graph(Replay(), inputs, logits, rows)
+        return self.graphs[(size, explicit)]
+
+
+@pytest.mark.parametrize("mode", ["serial", "hybrid", "pasta"])
+def test_graph_replay_path_gives_the_eager_answers(mode, monkeypatch):
+    from aspd.pasta.tokens import add_pasta_tokens
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: t)  # page-locked staging needs CUDA
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", len(tok))
+    ctrl = add_control_tokens(tok, model)
+    tags = add_pasta_tokens(tok, model)
+    eager = HybridEngine(model, tok, engine="eager")
+    graphed = HybridEngine(model, tok, engine="fast")
+    # Room for the prompt and a few answer tokens: the cache grows mid-answer, and the graphs are captured again.
+    kv = CpuGraphKV(graphed, capacity=len(eager.prompt_ids(PROMPT)) + BUCKETS[-1] + 4)
+    first = kv.capacity
+    graphed._static = kv
+    kw = {"hybrid": {"answer_prefix": forced(tok, ctrl)}, "serial": {},
+          "pasta": {"answer_prefix": [tags.scope, *text_ids(tok, "A:"), tags.promise, *text_ids(tok, " B:"),
+                                      tags.promise, tags.scope_end, min(eager.eot)]}}[mode]
+    lim = Limits(max_new_tokens=40, max_branch_tokens=7)
+    ref = eager.generate(PROMPT, mode=mode, limits=lim, record=True, **kw)
+    got = graphed.generate(PROMPT, mode=mode, limits=lim, record=True, **kw)
+    same(ref, got)
+    assert ref.stats.parallel_tokens > 0 or mode == "serial"
+    assert kv.capacity > first and kv.captures > len(kv.graphs)  # recaptured after growing
+    assert any(explicit for _, explicit in kv.graphs) == (mode == "pasta")

@@ -1,5 +1,8 @@
 """PASTA decoding in the engine, on tiny random models: async spans isolated, cache = one-shot forward, nesting."""
 
+import runpy
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import GenerationConfig
@@ -96,12 +99,28 @@ def test_nested_scopes_wait_and_splice_in_order():
     m = g.markup
     assert m.index("x<promise/><async>") < m.index("</async>y<scope>z<promise/><async>") < m.index("</async>w</scope>")
     assert m.rstrip().endswith("</scope></scope> fin") and g.stats.branches == [1, 1]
+    assert scope_forks(m) == [1, 1]
     # The visible answer is the markup with its tags removed.
     plain = m
     for tag in ("<scope>", "</scope>", "<async>", "</async>", "<promise/>"):
         plain = plain.replace(tag, "")
     assert g.text == plain.strip()
     assert 0 < g.stats.dp < 1 and g.stats.parallel_tokens == 2 * 4  # two spans of 4 sampled tokens
+
+
+def test_a_scope_cut_by_the_length_limit_counts_as_a_group():
+    """Its spans decoded in parallel: the answer went parallel even though `</scope>` never came."""
+    model, tok, tags, eng = setup()
+    prefix = [tags.scope, *text_ids(tok, "A:"), tags.promise, *text_ids(tok, " B:"), tags.promise]
+    g = eng.generate(PROMPT, mode="pasta", answer_prefix=prefix, limits=Limits(max_new_tokens=14, max_branch_tokens=9))
+    assert g.finish_reason == "length" and "</scope>" not in g.markup
+    assert g.stats.parallel_tokens > 0 and g.stats.branches == [2] and g.stats.groups == 1
+    assert scope_forks(g.markup) == [2]  # the recount of committed bench rows agrees with the engine
+
+
+def scope_forks(markup: str) -> list[int]:
+    script = Path(__file__).parents[1] / "scripts" / "recipe" / "recount_pasta_groups.py"
+    return runpy.run_path(str(script))["scope_forks"](markup)
 
 
 def test_fast_engine_gives_the_eager_tokens():

@@ -206,3 +206,26 @@ def test_record_ids():
     for bad in (None, "", False, 2.0, {}):
         with pytest.raises(ValueError, match="'id' must be"):
             ids.add({"id": bad}, 9)
+
+
+def _gzip_with_bom_and_blank_line(path, rows):
+    """gzip told by its magic bytes (no .gz suffix), a BOM, a blank line: what every reader must accept."""
+    path.write_bytes(gzip.compress(b"\xef\xbb\xbf" + b"\n\n".join(json.dumps(r).encode() for r in rows) + b"\n"))
+    return path
+
+
+def test_prompt_and_reply_readers_read_the_one_way(tmp_path):
+    from aspd.cli import CLIError
+    from aspd.pipeline.spans import read_replies
+    from aspd.prompts.text import read_jsonl
+
+    rows = [{"id": "a", "answer": "x"}, {"id": "b", "answer": "y"}]
+    path = _gzip_with_bom_and_blank_line(tmp_path / "rows.jsonl", rows)
+    assert read_jsonl(path) == [(1, rows[0]), (3, rows[1])]
+    assert read_replies([path]) == {"a": ["x"], "b": ["y"]}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"id": "a", "answer": "x"}\n\xff{}\n')
+    with pytest.raises(CLIError, match=r"bad\.jsonl:2: not valid UTF-8"):
+        read_jsonl(bad)
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: not valid UTF-8"):
+        read_replies([bad])

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from jsonlutil import write_jsonl
 
 from aspd.cli import main as cli_main
 from aspd.markup import flatten
@@ -13,11 +14,6 @@ ASPD = ("Here are two tips:\n<branchgroup>\n<branch title=\"Diet\">Diet: eat a b
         "<branch title=\"Sleep\">Sleep: rest well every night.</branch>\n</branchgroup>\nIn summary, habits.")
 LIST = "Tips:\n1. Diet: Eat a balanced diet.\n2. Sleep: Sleep well.\n\nIn summary, habits matter."
 PLAIN = "Paris is the capital of France."
-
-
-def write(path, rows) -> str:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return str(path)
 
 
 def read(path) -> list[dict]:
@@ -32,7 +28,7 @@ def test_convert_keeps_record_shape_and_text(tmp_path, capsys):
         {"id": "p", "question": "Capital?", "answer": PLAIN},
     ]
     out = tmp_path / "out.jsonl"
-    assert cli_main(["pasta", "convert", "--data", write(tmp_path / "in.jsonl", rows), "--out", str(out)]) == 0
+    assert cli_main(["pasta", "convert", "--data", write_jsonl(tmp_path / "in.jsonl", rows), "--out", str(out)]) == 0
     got = read(out)
     assert [sorted(r) for r in got] == [sorted(r) for r in rows]
     texts = [got[0]["answer"], got[1]["markup"], got[2]["messages"][-1]["content"]]
@@ -44,7 +40,7 @@ def test_convert_keeps_record_shape_and_text(tmp_path, capsys):
 
 
 def test_annotate_keeps_or_drops_lines_without_lists(tmp_path):
-    data = write(tmp_path / "in.jsonl", [{"question": "Tips?", "answer": LIST},
+    data = write_jsonl(tmp_path / "in.jsonl", [{"question": "Tips?", "answer": LIST},
                                          {"question": "Capital?", "answer": PLAIN}])
     out = tmp_path / "all.jsonl"
     assert cli_main(["pasta", "annotate", "--data", data, "--out", str(out)]) == 0
@@ -65,7 +61,7 @@ def test_annotate_keeps_or_drops_lines_without_lists(tmp_path):
 ])
 @pytest.mark.parametrize("action", ["convert", "annotate"])
 def test_bad_line_names_file_and_line_and_writes_nothing(tmp_path, capsys, bad, message, action):
-    data = write(tmp_path / "bad.jsonl", [{"question": "q", "answer": ASPD}, bad])
+    data = write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": ASPD}, bad])
     out = tmp_path / "out.jsonl"
     out.write_text("previous content\n")
     assert cli_main(["pasta", action, "--data", data, "--out", str(out)]) == 2
@@ -79,7 +75,7 @@ def test_filter_keeps_annotations_worth_it(tiny_folder, tmp_path, capsys):
             "2. Sleep:<promise/><async> Sleep well. The quick brown fox jumps over the lazy dog.</async>\n</scope>")
     rows = [{"id": "long", "question": "Tips?", "answer": long},
             {"id": "plain", "question": "Capital?", "answer": PLAIN}]
-    data, out = write(tmp_path / "in.jsonl", rows), tmp_path / "kept.jsonl"
+    data, out = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "kept.jsonl"
     code = cli_main(["pasta", "filter", "--model", str(tiny_folder), "--data", data, "--out", str(out),
                      "--max-changed", "1", "--min-gain", "0.2"])
     assert code == 0
@@ -89,6 +85,6 @@ def test_filter_keeps_annotations_worth_it(tiny_folder, tmp_path, capsys):
     assert cli_main(["pasta", "filter", "--model", str(tiny_folder), "--data", data, "--out", str(out),
                      "--max-changed", "0"]) == 0
     assert out.read_text() == ""
-    bad = write(tmp_path / "bad.jsonl", ["{oops"])
+    bad = write_jsonl(tmp_path / "bad.jsonl", ["{oops"])
     assert cli_main(["pasta", "filter", "--model", "no-such-model", "--data", bad, "--out", str(out)]) == 2
     assert "bad.jsonl:1" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jsonlutil import write_jsonl
 
 from aspd.markup import Branch, Document, Group, Serial, flatten, parse, render
 from aspd.pipeline.parsing import parse_rewrite, parse_verdict, to_candidate
@@ -442,13 +443,8 @@ def test_sample_from_record_formats() -> None:
             sample_from_record(bad, 1)
 
 
-def write_lines(path: Path, lines: list[Any]) -> Path:
-    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines), encoding="utf-8")
-    return path
-
-
 def test_read_samples_reports_bad_lines(tmp_path: Path) -> None:
-    p = write_lines(tmp_path / "in.jsonl", [
+    p = write_jsonl(tmp_path / "in.jsonl", [
         {"id": "a", "question": "Q", "answer": "A"},
         "{not json",
         {"question": "Q", "answer": "A"},  # no id: one made from its line number
@@ -471,7 +467,7 @@ def test_read_samples_reports_bad_lines(tmp_path: Path) -> None:
 
 
 def inputs(tmp_path: Path, n: int) -> Path:
-    return write_lines(tmp_path / "in.jsonl", [{"id": f"s{i}", "question": f"Q{i}", "answer": ANSWER}
+    return write_jsonl(tmp_path / "in.jsonl", [{"id": f"s{i}", "question": f"Q{i}", "answer": ANSWER}
                                                for i in range(n)])
 
 
@@ -528,7 +524,7 @@ def test_resume_drops_torn_line_and_never_duplicates(tmp_path: Path) -> None:
 
 
 def test_read_output_rejects_corruption_in_the_middle(tmp_path: Path) -> None:
-    out = write_lines(tmp_path / "o.jsonl", [{"id": "a"}, "{broken", {"id": "b"}])
+    out = write_jsonl(tmp_path / "o.jsonl", [{"id": "a"}, "{broken", {"id": "b"}])
     with pytest.raises(InputError, match=r"o\.jsonl:2:"):
         read_output(out)
 
@@ -562,7 +558,7 @@ def test_convert_to_training_files(tmp_path: Path) -> None:
     from aspd.pipeline.convert import convert
     from aspd.train.data import read_records
 
-    inp = write_lines(tmp_path / "in.jsonl", [
+    inp = write_jsonl(tmp_path / "in.jsonl", [
         {"id": "p", "prompt": "Save energy?", "context": "At home.", "answer": ANSWER},
         {"id": "q", "question": "Say hi", "answer": "Hi there."},
     ])
@@ -589,7 +585,7 @@ def test_convert_caps_serial_share(tmp_path: Path) -> None:
             for i in range(9)]
     recs[2:2] = [{"id": f"p{i}", "question": "Q", "answer": "Intro.\nab", "markup": par, "parallel": True}
                  for i in range(3)]
-    out = write_lines(tmp_path / "out.jsonl", recs)
+    out = write_jsonl(tmp_path / "out.jsonl", recs)
     a = tmp_path / "a.jsonl"
     counts = convert(out, a, None, serial_share=0.5, report=lambda _: None)
     ids = [json.loads(line)["id"] for line in a.read_text().splitlines()]
@@ -670,12 +666,11 @@ def test_local_backend_with_tiny_model() -> None:
     assert len(votes) == 3 and all(v.verdict is None for v in votes)
 
 
-def test_cli_with_rule_rewriter_when_available(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`--rewriter rules` through the CLI (rules.py is written separately; skipped until it exists)."""
-    pytest.importorskip("aspd.pipeline.rules")
+def test_cli_with_rule_rewriter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--rewriter rules` through the CLI."""
     from aspd.cli import main
 
-    inp = write_lines(tmp_path / "in.jsonl", [{"id": "a", "question": "Save energy?", "answer": ANSWER},
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "question": "Save energy?", "answer": ANSWER},
                                               {"id": "b", "question": "Hi", "answer": "Hello."}])
     out = tmp_path / "out.jsonl"
     assert main(["transform", "--input", str(inp), "--output", str(out), "--rewriter", "rules",
@@ -688,21 +683,20 @@ def test_cli_with_rule_rewriter_when_available(tmp_path: Path, capsys: pytest.Ca
     assert "samples: 2" in capsys.readouterr().out
 
 
-def test_likelihood_options_follow_the_judge_signature() -> None:
-    import argparse
+def test_likelihood_judge_gets_the_command_line_options() -> None:
+    from aspd.cli import build_parser
+    from aspd.pipeline.cli import build_backends
+    from aspd.pipeline.likelihood import DEFAULT_MAX_CHANGED, DEFAULT_MAX_NLL_INCREASE
 
-    from aspd.pipeline.cli import _likelihood_options
+    def judge(*extra: str) -> Any:
+        argv = ["transform", "--input", "in.jsonl", "--output", "out.jsonl", "--rewriter", "rules",
+                "--judge", "likelihood", "--target-model", "some-model", "--device", "cpu", *extra]
+        return build_backends(build_parser("transform").parse_args(argv), DEFAULT_PROMPTS)[1]
 
-    class New:
-        def __init__(self, model: str, *, device: str | None = None, dtype: str = "auto", max_changed: float = 0.1,
-                     max_nll_increase: float = 0.1) -> None: ...
-
-    class Old:
-        def __init__(self, model: str, threshold: float = 0.5, device: str | None = None) -> None: ...
-
-    args = argparse.Namespace(device="cpu", dtype="auto", likelihood_threshold=0.2, likelihood_max_nll_increase=None)
-    assert _likelihood_options(New, args) == {"device": "cpu", "dtype": "auto", "max_changed": 0.2}
-    assert _likelihood_options(Old, args) == {"device": "cpu", "threshold": 0.2}
+    given = judge("--likelihood-threshold", "0.2", "--likelihood-max-nll-increase", "0.3", "--dtype", "float32")
+    assert (given.max_changed, given.max_nll_increase, given._device, given._dtype) == (0.2, 0.3, "cpu", "float32")
+    default = judge()
+    assert (default.max_changed, default.max_nll_increase) == (DEFAULT_MAX_CHANGED, DEFAULT_MAX_NLL_INCREASE)
 
 
 def test_read_output_keeps_a_whole_last_record_without_newline(tmp_path: Path) -> None:

@@ -61,6 +61,7 @@ class FakeLLM:
         self.default = "ok"
         self.delay = 0.0
         self.requests: list[dict[str, Any]] = []
+        self.auth: list[str | None] = []  # each request's Authorization header
         self.lock = threading.Lock()
         self.endpoint = LoopbackEndpoint(self.on_post)
         self.url = self.endpoint.url
@@ -68,6 +69,7 @@ class FakeLLM:
     def on_post(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         with self.lock:
             self.requests.append(body)
+            self.auth.append(handler.headers.get("Authorization"))
             action = self.actions.popleft() if self.actions else self.default
             delay = self.delay
         if action == "timeout":
@@ -147,6 +149,15 @@ def test_gives_up_after_retries_and_never_retries_a_4xx(fake: FakeLLM) -> None:
     fake.default = "400"
     text, log = asyncio.run(one_request(backend(fake, retries=2), JUDGE_BODY))
     assert text is None and log.failures == {"http_error": 1, "request_failed": 1} and len(fake.requests) == 1
+
+
+def test_api_key_goes_in_the_authorization_header_and_no_key_sends_none(fake: FakeLLM) -> None:
+    for key in ("sk-test", None):
+        be = OpenAICompatBackend(fake.url, "fake-model", key, timeout=TIMEOUT)
+        text, _ = asyncio.run(one_request(be, {**JUDGE_BODY, "top_k": 7}))
+        assert text is not None and text.startswith("VERDICT: true")
+    assert fake.auth == ["Bearer sk-test", None]
+    assert [b["top_k"] for b in fake.requests] == [7, 7]  # a field the client has no parameter for goes through
 
 
 def test_backoff_grows_exponentially_with_jitter() -> None:

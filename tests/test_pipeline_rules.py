@@ -476,18 +476,11 @@ def test_likelihood_judge_votes(tiny: tuple) -> None:
         LikelihoodJudge(model)
 
 
-def _smollm2_cached() -> bool:
-    from aspd.models.fetch import is_cached
-
-    return is_cached("smollm2-135m")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _smollm2_cached(), reason="smollm2-135m is not in the model cache (ASPD_CACHE)")
 def test_repeated_sibling_shows_more_dependence_on_smollm2() -> None:
-    from aspd.models.fetch import model_dir
+    from aspd.models.fetch import fetch
 
-    judge = LikelihoodJudge(model_dir("smollm2-135m"), device="cpu", dtype="float32")
+    judge = LikelihoodJudge(fetch("smollm2-135m", progress=False), device="cpu", dtype="float32")
     sample = Sample("s", [{"role": "user", "content": "Name two unrelated facts."}], "", {})
     fact = "The violinist Okonkwo tuned her zither beside the quartz aqueduct in Vilnius at dawn."
     unrelated = Group((Branch("Music", fact), Branch("Space", "Jupiter is the largest planet in our solar system.")))

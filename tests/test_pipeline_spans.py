@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aspd.markup import MarkupError, flatten, is_head, parse, same_text, to_token_text
+from aspd.markup import MarkupError, flatten, is_head, parse, same_text
 from aspd.pipeline.backends import ChatBackend
 from aspd.pipeline.prompts import DEFAULT_PROMPTS
 from aspd.pipeline.rules import RuleRewriter, marker_problems, markup_for
@@ -29,6 +29,7 @@ from aspd.pipeline.spans import (
     write_requests,
 )
 from aspd.pipeline.types import Sample
+from aspd.token_text import to_token_text
 
 DATA = Path(__file__).parent / "data"
 TEACHER = [json.loads(line) for line in (DATA / "teacher_style_answers.jsonl").read_text().splitlines()]
@@ -341,7 +342,8 @@ def test_list_markers_correct_in_every_transformed_sample(tmp_path: Path, capsys
 
 def render_back(doc: Any) -> str:
     """The markup of doc after a round trip through the model token format."""
-    from aspd.markup import from_token_text, render
+    from aspd.markup import render
+    from aspd.token_text import from_token_text
 
     return render(from_token_text(to_token_text(doc)))
 

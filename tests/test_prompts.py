@@ -6,17 +6,13 @@ import zipfile
 from collections import Counter
 
 import pytest
+from jsonlutil import write_jsonl
 
 from aspd.cli import main as cli_main
 from aspd.prompts.collect import clean_reply
 from aspd.prompts.decontam import Rules, find_hits, load_bench_items, split_rag
 from aspd.prompts.seeds import CATEGORIES, EXAMPLES, TOPICS
 from aspd.sample import record_messages
-
-
-def write(path, rows) -> str:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return str(path)
 
 
 def read(path) -> list[dict]:
@@ -136,7 +132,7 @@ def test_collect_cli_writes_prompt_records_and_counts(tmp_path):
          "answer": "What is", "finish": "length"},
     ]
     out, rep = tmp_path / "synth.jsonl", tmp_path / "collect.json"
-    assert cli_main(["prompts", "collect", "--input", write(tmp_path / "ans.jsonl", answered), "--output", str(out),
+    assert cli_main(["prompts", "collect", "--input", write_jsonl(tmp_path / "ans.jsonl", answered), "--output", str(out),
                      "--report", str(rep)]) == 0
     assert read(out) == [{"id": "a", "source": "aspd-synth", "category": "howto", "multipart": True,
                           "prompt": "How do I plan a three-day hike in the Lake District with kids?"}]
@@ -146,7 +142,7 @@ def test_collect_cli_writes_prompt_records_and_counts(tmp_path):
 
 
 def test_collect_rejects_records_without_answers(tmp_path, capsys):
-    bad = write(tmp_path / "bad.jsonl", [{"id": "x", "category": "math", "messages": []}])
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"id": "x", "category": "math", "messages": []}])
     assert cli_main(["prompts", "collect", "--input", bad, "--output", str(tmp_path / "o.jsonl")]) == 2
     assert "bad.jsonl:1: missing 'answer'" in capsys.readouterr().err
 
@@ -159,13 +155,13 @@ NEAR = LONG.replace("two-week", "three-week").replace("seafood", "good wine")
 
 
 def test_merge_removes_exact_and_near_duplicates_keeping_the_first(tmp_path):
-    shared = write(tmp_path / "train_prompts.jsonl", [
+    shared = write_jsonl(tmp_path / "train_prompts.jsonl", [
         {"id": "s-1", "source": "yizhongw/self-instruct", "category": "planning", "prompt": LONG, "context": "",
          "source_category": "x"},
         {"id": "s-2", "source": "f/awesome", "category": "writing", "prompt": "Write a haiku about rain.",
          "context": "It is raining."},
     ])
-    synth = write(tmp_path / "synth.jsonl", [
+    synth = write_jsonl(tmp_path / "synth.jsonl", [
         {"id": "n-1", "source": "aspd-synth", "category": "howto", "multipart": True, "prompt": NEAR},
         {"id": "n-2", "source": "aspd-synth", "category": "writing", "multipart": False,
          "prompt": "  WRITE a haiku about   rain.\n\nIt is raining. "},
@@ -176,7 +172,7 @@ def test_merge_removes_exact_and_near_duplicates_keeping_the_first(tmp_path):
         {"id": "n-5", "source": "aspd-synth", "category": "writing", "multipart": False,
          "prompt": "Write a haiku about rain."},  # same prompt as s-2 but without its context: a different task
     ])
-    plain = write(tmp_path / "extra.jsonl", [{"prompt": "How many legs does a spider have?"}])
+    plain = write_jsonl(tmp_path / "extra.jsonl", [{"prompt": "How many legs does a spider have?"}])
     out, rep = tmp_path / "all.jsonl", tmp_path / "merge.json"
     assert cli_main(["prompts", "merge", "--input", shared, "--input", synth, "--input", plain,
                      "--output", str(out), "--report", str(rep)]) == 0
@@ -195,10 +191,10 @@ def test_merge_removes_exact_and_near_duplicates_keeping_the_first(tmp_path):
 
 
 def test_merge_errors_name_the_line(tmp_path, capsys):
-    a = write(tmp_path / "a.jsonl", [{"id": "1", "prompt": "What is rain?"}])
-    b = write(tmp_path / "b.jsonl", [{"id": "1", "prompt": "What is snow?"}])
-    c = write(tmp_path / "c.jsonl", [{"id": "2", "question": "What is hail?"}])
-    d = write(tmp_path / "d.jsonl", ["{not json"])
+    a = write_jsonl(tmp_path / "a.jsonl", [{"id": "1", "prompt": "What is rain?"}])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"id": "1", "prompt": "What is snow?"}])
+    c = write_jsonl(tmp_path / "c.jsonl", [{"id": "2", "question": "What is hail?"}])
+    d = write_jsonl(tmp_path / "d.jsonl", ["{not json"])
     for files, message in [([a, b], "b.jsonl:1: id '1' already used at"), ([c], "c.jsonl:1: needs a non-empty"),
                            ([d], "d.jsonl:1: not valid JSON")]:
         args = ["prompts", "merge", "--output", str(tmp_path / "o.jsonl"), "--report", str(tmp_path / "r.json")]
@@ -227,10 +223,10 @@ RAG_CTX = ("HOUSTON - Fabien Gabel, music director of the Quebec Symphony Orches
 def bench_dir(tmp_path):
     d = tmp_path / "bench"
     d.mkdir()
-    write(d / "vicuna_bench.jsonl", [{"question_id": 1, "category": "generic", "turns": [VIC]}])
-    write(d / "mt_bench.jsonl", [{"question_id": 82, "category": "writing", "turns": [MT1, MT2],
+    write_jsonl(d / "vicuna_bench.jsonl", [{"question_id": 1, "category": "generic", "turns": [VIC]}])
+    write_jsonl(d / "mt_bench.jsonl", [{"question_id": 82, "category": "writing", "turns": [MT1, MT2],
                                   "reference": ["not a question"]}])
-    write(d / "rag_bench.jsonl", [{"question_id": 1, "category": "rag",
+    write_jsonl(d / "rag_bench.jsonl", [{"question_id": 1, "category": "rag",
                                    "turns": [f"context:\n{RAG_CTX}\n###\nquestion:{RAG_Q}"]}])
     return d
 
@@ -257,7 +253,7 @@ def test_decontaminate_catches_planted_copies_and_keeps_the_rest(tmp_path, bench
         ("keep-3", "Who founded the Berlin Philharmonic?"),
         ("keep-4", "Write a short poem about autumn leaves falling in a quiet park."),
     ]
-    prompts = write(tmp_path / "all.jsonl", [{"id": i, "source": "t", "prompt": p} for i, p in planted])
+    prompts = write_jsonl(tmp_path / "all.jsonl", [{"id": i, "source": "t", "prompt": p} for i, p in planted])
     out, rep = tmp_path / "clean.jsonl", tmp_path / "decontam.json"
     assert cli_main(["prompts", "decontaminate", "--input", prompts, "--bench-dir", str(bench_dir),
                      "--output", str(out), "--report", str(rep)]) == 0
@@ -314,7 +310,7 @@ def test_index_finds_the_same_hits_as_checking_every_pair():
 
 def test_decontaminate_missing_bench_file_is_an_error(tmp_path, capsys):
     (tmp_path / "b").mkdir()
-    prompts = write(tmp_path / "p.jsonl", [{"prompt": "hi there friend"}])
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi there friend"}])
     assert cli_main(["prompts", "decontaminate", "--input", prompts, "--bench-dir", str(tmp_path / "b"),
                      "--output", str(tmp_path / "o.jsonl"), "--report", str(tmp_path / "r.json")]) == 2
     assert "bench file(s) not found" in capsys.readouterr().err

@@ -153,11 +153,17 @@ def test_model_may_be_named_by_its_path(server: Server) -> None:
 
 
 def test_seed_reproduces_sampling(server: Server) -> None:
+    """The same seed gives the same sample, another seed another one (greedy decoding would pass only the first)."""
     client = server.client()
-    runs = [client.chat.completions.create(**chat_body(temperature=1.0, top_p=0.9, seed=7, max_tokens=10,
-                                                       extra_body={"top_k": 50, "repetition_penalty": 1.1}))
-            .choices[0].message.content for _ in range(2)]
-    assert runs[0] == runs[1]
+
+    def sample(seed: int) -> str:
+        return client.chat.completions.create(**chat_body(
+            temperature=1.0, top_p=0.9, seed=seed, max_tokens=10,
+            extra_body={"top_k": 50, "repetition_penalty": 1.1})).choices[0].message.content
+
+    a, b, c = sample(7), sample(7), sample(8)
+    assert a == b
+    assert a != c
 
 
 def test_stop_string_cuts_text_and_generation(server: Server) -> None:
@@ -180,8 +186,6 @@ def test_stop_string_cuts_text_and_generation(server: Server) -> None:
 
 def test_aspd_extension_fields(server: Server) -> None:
     client = server.client()
-    r = client.chat.completions.create(**chat_body(), extra_body={"aspd": {"mode": "serial", "max_groups": 0}})
-    assert r.model_extra["aspd"]["mode"] == "serial"
     chunks = list(client.chat.completions.create(**chat_body(), stream=True,
                                                  extra_body={"aspd": {"branch_deltas": True}}))
     ext = [ch.model_extra["aspd"] for ch in chunks[1:-1] if "aspd" in ch.model_extra]
@@ -514,6 +518,40 @@ def test_branch_deltas_stream_a_group(forced: ForcedGroupEngine) -> None:
     assert final["usage"] == full["usage"]
     assert final["aspd"]["markup"] == render(forced.generate(
         forced.prompt_ids("Give three tips."), limits=Limits(max_new_tokens=30, max_branch_tokens=8)).doc)
+
+
+def test_mode_and_max_groups_switch_off_the_groups_a_model_opens(one_thread: None) -> None:
+    """On a model that opens groups by itself: hybrid answers open them, `mode: serial` and `max_groups` take
+    them away, and each answer is the engine's own under the same settings."""
+    from fastapi.testclient import TestClient
+
+    from aspd.serve.app import ServedModel, create_app
+    from aspd.testing import grouping_model
+
+    engine = HybridEngine(*grouping_model(), engine="eager")
+    app = create_app(ServedModel(engine, "groups", context=CONTEXT), max_queue=2)
+    messages = [{"role": "user", "content": "Give three tips."}]
+
+    def served(**aspd: Any) -> dict[str, Any]:
+        body = {"model": "groups", "messages": messages, "max_tokens": 40, "temperature": 1.0, "seed": 7,
+                "aspd": {"max_branch_tokens": 8, **aspd}}
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        return r.json()["aspd"]
+
+    def engine_markup(mode: str = "hybrid", **limits: int) -> str:
+        g = engine.generate(messages, mode=mode, sampling=SamplingParams(temperature=1.0, seed=7),
+                            limits=Limits(max_new_tokens=40, max_branch_tokens=8, **limits))
+        return render(g.doc)
+
+    with TestClient(app) as client:
+        hybrid, serial = served(), served(mode="serial")
+        one, none = served(max_groups=1), served(max_groups=0)
+    assert hybrid["stats"]["groups"] == 2 and hybrid["markup"] == engine_markup()
+    assert serial["mode"] == "serial" and serial["stats"]["groups"] == 0
+    assert serial["markup"] == engine_markup("serial")
+    assert one["stats"]["groups"] == 1 and one["markup"] == engine_markup(max_groups=1)
+    assert none["stats"]["groups"] == 0 and none["markup"] == engine_markup(max_groups=0)
 
 
 class FailingEngine(HybridEngine):

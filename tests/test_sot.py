@@ -4,9 +4,10 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
+from aspd.bench.metrics import abn, dp, ppd
 from aspd.engine import HybridEngine, Limits
 from aspd.engine.sot import assemble, expansion_messages, generate_sot, parse_skeleton, skeleton_messages
-from aspd.markup import Group, Serial, abn, dp, ppd, render
+from aspd.markup import Group, Serial, render
 from aspd.sample import end_of_turn_ids
 from aspd.testing import tiny_model, tiny_tokenizer
 from aspd.tokens import add_control_tokens, branch_prefix_ids, text_ids

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import argparse
 import collections
-import gzip
 import json
 import random
 from pathlib import Path
+
+from aspd.jsonl import iter_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def rows(path: Path | str):
-    p = str(path)
-    with (gzip.open(p, "rt", encoding="utf-8") if p.endswith(".gz") else open(p, encoding="utf-8")) as f:
-        yield from (json.loads(line) for line in f if line.strip())
+    yield from (obj for _, obj in iter_jsonl(path))
 
 
 def table(head: list[str], body: list[list[object]]) -> str:

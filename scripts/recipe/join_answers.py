@@ -15,6 +15,8 @@ import io
 import json
 from typing import IO
 
+from aspd.jsonl import iter_jsonl
+
 # Sources of train_prompts.jsonl whose prompt text may be redistributed (its SOURCES.md): Apache-2.0, MIT
 # (IFEval via microsoft/llm-steer-instruct) or CC0. Left out: alpaca_eval's and Stanford Alpaca's prompts,
 # whose data is CC BY-NC 4.0.
@@ -39,15 +41,12 @@ def main() -> None:
     ap.add_argument("--redistributable", action="store_true",
                     help="only prompts whose licence allows shipping them (Apache-2.0, MIT, CC0)")
     args = ap.parse_args()
-    opener = gzip.open if args.answers.endswith(".gz") else open
-    with opener(args.answers, "rt", encoding="utf-8") as f:
-        answers = {r["id"]: r for r in map(json.loads, f)}
+    answers = {r["id"]: r for _, r in iter_jsonl(args.answers)}
     n = 0
-    with open(args.prompts, encoding="utf-8") as f, _open_out(args.out) as out:
-        for i, line in enumerate(f):
+    with _open_out(args.out) as out:
+        for i, (_, p) in enumerate(iter_jsonl(args.prompts)):
             if i % args.every:
                 continue
-            p = json.loads(line)
             a = answers.get(p["id"])
             if a is None or not a["answer"].strip() or (args.stop_only and a["finish"] != "stop"):
                 continue

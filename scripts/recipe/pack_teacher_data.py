@@ -16,14 +16,15 @@ import sys
 
 from join_answers import REDISTRIBUTABLE
 
+from aspd.jsonl import iter_jsonl
+
 OURS = {"aspd-synth", "chatterbot-corpus==1.3.3"}  # written by the project's teacher run / BSD-3-Clause
 KEEP = REDISTRIBUTABLE | OURS
 PROMPT_FIELDS = ("id", "source", "category", "multipart", "prompt", "context")
 
 
 def rows(path: str):
-    with (gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")) as f:
-        yield from (json.loads(line) for line in f if line.strip())
+    yield from (obj for _, obj in iter_jsonl(path))
 
 
 def write(path: str, items) -> int:

@@ -7,14 +7,14 @@ row's prompt (and context) and answer as well, which live in the answers file.
 
 from __future__ import annotations
 
-import gzip
 import json
 import sys
 
+from aspd.jsonl import iter_jsonl
+
 
 def rows(path: str):
-    with gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8") as f:
-        yield from (json.loads(line) for line in f if line.strip())
+    yield from (obj for _, obj in iter_jsonl(path))
 
 
 def main() -> None:

@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+from aspd.jsonl import iter_jsonl
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -19,7 +21,7 @@ def main() -> None:
     ap.add_argument("--command", default="")
     args = ap.parse_args()
     summary = json.loads(Path(f"{args.output}.summary.json").read_text())
-    rows = [json.loads(line) for line in Path(args.output).read_text(encoding="utf-8").splitlines()]
+    rows = [obj for _, obj in iter_jsonl(args.output)]
     lines = [f"# {args.title}", ""]
     if args.command:
         lines += ["Command:", "", "```", args.command, "```", ""]

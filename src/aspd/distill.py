@@ -196,8 +196,9 @@ def run(args: argparse.Namespace) -> int:
         items = [(o, [{"role": "system", "content": system}, *[x for x in m if x["role"] != "system"]])
                  for o, m in items]
     model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
-    tok.padding_side = "left"
-    pad = tok.pad_token_id if tok.pad_token_id is not None else end_of_turn_ids(tok)[0]
+    if tok.pad_token_id is None:  # tok.pad needs one; padding is masked out, and an end of turn ends a row anyway
+        tok.pad_token = tok.convert_ids_to_tokens(end_of_turn_ids(tok)[0])
+    pad = tok.pad_token_id
     eot = end_of_turn_ids(tok)
     engine = args.engine if args.engine != "auto" else ("cb" if model.device.type == "cuda" else "pad")
     sampling = {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
@@ -216,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     gen = _generate_cb if engine == "cb" else _generate_padded
     with (open(out, "a", encoding="utf-8") as f, open(dropped, "a", encoding="utf-8") as fd,
           tqdm(total=len(encoded), desc="distill", unit="prompt") as bar):
-        for obj, row in gen(model, encoded, cfg, args, deadline):
+        for obj, row in gen(model, tok, encoded, cfg, args, deadline):
             cut = next((k for k, t in enumerate(row) if t in stops), len(row))
             answer = tok.decode(row[:cut], skip_special_tokens=True).strip()
             n_tok += cut
@@ -245,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
 Encoded = list[tuple[dict[str, Any], list[int]]]
 
 
-def _generate_padded(model: Any, encoded: Encoded, cfg: Any, args: argparse.Namespace,
+def _generate_padded(model: Any, tok: Any, encoded: Encoded, cfg: Any, args: argparse.Namespace,
                      deadline: float | None) -> Iterator[tuple[dict[str, Any], list[int]]]:
     """Left-padded batches through `generate` (any device; the only path with a repetition penalty)."""
     import torch
@@ -255,19 +256,13 @@ def _generate_padded(model: Any, encoded: Encoded, cfg: Any, args: argparse.Name
         if deadline is not None and time.perf_counter() > deadline:
             return
         batch = encoded[i : i + args.batch_size]
-        width = max(len(ids) for _, ids in batch)
-        ids = torch.full((len(batch), width), cfg.pad_token_id, dtype=torch.long)
-        att = torch.zeros_like(ids)
-        for r, (_, p) in enumerate(batch):
-            ids[r, width - len(p) :] = torch.tensor(p)
-            att[r, width - len(p) :] = 1
+        padded = tok.pad({"input_ids": [ids for _, ids in batch]}, padding_side="left", return_tensors="pt")
         with torch.no_grad():
-            gen = model.generate(input_ids=ids.to(model.device), attention_mask=att.to(model.device),
-                                 generation_config=cfg)
-        yield from zip((o for o, _ in batch), gen[:, width:].tolist(), strict=True)
+            gen = model.generate(**padded.to(model.device), generation_config=cfg)
+        yield from zip((o for o, _ in batch), gen[:, padded["input_ids"].shape[1] :].tolist(), strict=True)
 
 
-def _generate_cb(model: Any, encoded: Encoded, cfg: Any, args: argparse.Namespace,
+def _generate_cb(model: Any, tok: Any, encoded: Encoded, cfg: Any, args: argparse.Namespace,
                  deadline: float | None) -> Iterator[tuple[dict[str, Any], list[int]]]:
     """Transformers' continuous batching (paged cache, no padding, finished rows replaced at once): answers
     come back as they finish. It has no repetition penalty; looping answers are dropped downstream."""

@@ -18,9 +18,10 @@ from aspd.markup import (
     Serial,
     branch_body,
     flatten,
-    from_token_text,
     parse,
 )
+from aspd.records import MessagesRecord, chat_record
+from aspd.token_text import from_token_text
 from aspd.tokens import ControlIds, branch_prefix_ids, is_head, text_ids
 
 Message = dict[str, str]
@@ -115,40 +116,12 @@ def _flat_text(answer: str) -> str:
 def record_messages(obj: Any) -> tuple[list[Message], str | None]:
     """The conversation before the answer in one input record, and the answer when the record holds it.
 
-    Accepted: {messages: [...]} (a final assistant turn is the answer) or {question|prompt|instruction,
-    context|input?, system?, history?: [{question, answer}]}. Earlier answers re-enter as flattened text.
-    Raises ValueError naming what is wrong.
+    Accepted (`aspd.records`): {messages: [...]} (a final assistant turn is the answer) or {question|prompt|
+    instruction, context|input?, system?, history?: [{question, answer}]}. Earlier answers re-enter as
+    flattened text. Raises ValueError (`RecordError`) naming what is wrong.
     """
-    if not isinstance(obj, dict):
-        raise ValueError("line is not a JSON object")
-    if "messages" in obj:
-        msgs = obj["messages"]
-        if not isinstance(msgs, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in msgs
-        ):
-            raise ValueError("'messages' must be a list of {role, content} objects with string values")
-        messages = [{"role": m["role"], "content": m["content"]} for m in msgs]
-        answer = messages.pop()["content"] if messages and messages[-1]["role"] == "assistant" else None
-        if not messages or messages[-1]["role"] == "assistant":
-            raise ValueError("'messages' must end with the question (a non-assistant turn) before the answer")
-        return messages, answer
-    question = next((obj[k] for k in ("question", "prompt", "instruction") if k in obj), None)
-    if not isinstance(question, str) or not question.strip():
-        raise ValueError("needs 'messages' or a non-empty 'question' (or 'prompt' / 'instruction')")
-    context = obj.get("context") or obj.get("input")
-    if context:
-        if not isinstance(context, str):
-            raise ValueError("'context' must be a string")
-        question = f"{question}\n\n{context}"  # Alpaca-style: the instruction, then its input
-    messages = []
-    if obj.get("system"):
-        messages.append({"role": "system", "content": str(obj["system"])})
-    history = obj.get("history") or []
-    if not isinstance(history, list) or not all(isinstance(t, dict) and "question" in t and "answer" in t
-                                                for t in history):
-        raise ValueError("'history' must be a list of {question, answer} objects")
-    for turn in history:
-        messages.append({"role": "user", "content": str(turn["question"])})
-        messages.append({"role": "assistant", "content": _flat_text(str(turn["answer"]))})
-    messages.append({"role": "user", "content": question})
-    return messages, None
+    record = chat_record(obj)
+    if isinstance(record, MessagesRecord):
+        return record.chat()
+    return [{**m, "content": _flat_text(m["content"])} if m["role"] == "assistant" else m
+            for m in record.chat()], None

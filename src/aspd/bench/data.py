@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aspd.jsonl import JsonlReader, iter_jsonl
+from aspd.records import RecordError, question_turns
 
 # --bench shortcuts -> file names inside the bench directory
 BENCHES = {"vicuna": "vicuna_bench.jsonl", "mt": "mt_bench.jsonl", "rag": "rag_bench.jsonl"}
@@ -74,21 +75,6 @@ def resolve_bench(bench: str, bench_dir: str | Path | None = None) -> Path:
     return p
 
 
-def _turns(obj: dict[str, object]) -> tuple[str, ...] | str:
-    """The turns of one record, or a message saying what is wrong with them."""
-    if "turns" in obj:
-        turns = obj["turns"]
-        if not isinstance(turns, list) or not turns:
-            return "'turns' must be a non-empty list of strings"
-        if not all(isinstance(t, str) and t.strip() for t in turns):
-            return "every item of 'turns' must be a non-empty string"
-        return tuple(turns)  # type: ignore[arg-type]
-    for key in ("question", "prompt"):
-        if isinstance(obj.get(key), str) and str(obj[key]).strip():
-            return (str(obj[key]),)
-    return "needs 'turns' (a list of user messages) or a 'question' string"
-
-
 def parse_questions(lines: Iterable[str | bytes], source: str = "<questions>") -> list[Question]:
     """Questions from JSONL text; any problem raises BenchDataError naming `source:line`."""
     return _questions(JsonlReader(lines, name=source, error=BenchDataError))
@@ -101,9 +87,10 @@ def _questions(reader: JsonlReader) -> list[Question]:
         where = f"{reader.name}:{n}"
         if not isinstance(obj, dict):
             raise BenchDataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        turns = _turns(obj)
-        if isinstance(turns, str):
-            raise BenchDataError(f"{where}: {turns}")
+        try:
+            turns = question_turns(obj)
+        except RecordError as e:
+            raise BenchDataError(f"{where}: {e}") from None
         qid = str(obj.get("question_id", obj.get("id", n)))
         if qid in seen:
             raise BenchDataError(f"{where}: duplicate question_id {qid!r} (first on line {seen[qid]})")

@@ -1,4 +1,5 @@
-"""Aggregate per-answer rows into the report's numbers (DESIGN.md section 6). Definitions, per model label:
+"""The parallel-structure metrics (DESIGN.md section 6): of one document (`parallel_stats`, `dp`) or of a set
+(`abn`, `ppd`); and the aggregates of per-answer bench rows. The rows' definitions, per model label:
 
 - TPS: visible answer tokens (re-tokenized, control tokens excluded) / wall-clock seconds of the generation;
   reported as the median over answers, with p25 / p75.
@@ -22,22 +23,85 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+
+from aspd.markup import Document, Serial
 
 Row = dict[str, Any]
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Documents
+
+
+
+def word_count(text: str) -> int:
+    """Default token counter: whitespace-separated words."""
+    return len(text.split())
+
+
+@dataclass(frozen=True)
+class ParallelStats:
+    """Token and structure counts of one document (see `parallel_stats`)."""
+
+    serial_tokens: int
+    parallel_tokens: int
+    groups: int
+    branches: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.serial_tokens + self.parallel_tokens
+
+
+def parallel_stats(doc: Document, count: Callable[[str], int] = word_count) -> ParallelStats:
+    """Token counts of the normalised doc, each text counted on its own (as the model tokenizes per segment).
+
+    Parallel tokens are branch bodies only. Titles count as serial: the main stream writes them. Control
+    tokens and the engine-inserted branch prefixes are not counted.
+    """
+    serial = parallel = groups = branches = 0
+    for seg in doc.normalized().segments:
+        if isinstance(seg, Serial):
+            serial += count(seg.text)
+        else:
+            groups += 1
+            branches += len(seg.branches)
+            serial += sum(count(b.title) for b in seg.branches)
+            parallel += sum(count(b.text) for b in seg.branches)
+    return ParallelStats(serial, parallel, groups, branches)
+
+
+def dp(doc: Document, count: Callable[[str], int] = word_count) -> float:
+    """Degree of parallelism: parallel tokens / all tokens (0.0 for an empty document)."""
+    stats = parallel_stats(doc, count)
+    return stats.parallel_tokens / stats.total_tokens if stats.total_tokens else 0.0
+
+
+def abn(docs: Iterable[Document]) -> float:
+    """Average branch number: mean branches per group over all groups of all docs (0.0 if no group)."""
+    groups = [g for d in docs for g in d.groups]
+    return sum(len(g.branches) for g in groups) / len(groups) if groups else 0.0
+
+
+def ppd(docs: Iterable[Document]) -> float:
+    """Share of docs with at least one group (0.0 for no docs)."""
+    flags = [bool(d.groups) for d in docs]
+    return sum(flags) / len(flags) if flags else 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bench rows
+
+
 def quantile(xs: Iterable[float], q: float) -> float | None:
     """Linear-interpolated quantile (numpy's default); None for no data."""
-    v = sorted(xs)
-    if not v:
-        return None
-    pos = (len(v) - 1) * q
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+    v = list(xs)
+    return float(np.quantile(v, q)) if v else None
 
 
 def median(xs: Iterable[float]) -> float | None:

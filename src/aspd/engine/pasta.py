@@ -22,7 +22,7 @@ import torch
 from aspd.engine.kv import DynamicKV, StaticKV
 from aspd.engine.sampling import MAIN_STREAM, BatchSampler, SamplingParams, Stream, StreamSampler
 from aspd.markup import Document, Serial
-from aspd.pasta.sync import SyncTracker, Tag
+from aspd.pasta.sync import SyncTracker, Tag, _Scope
 from aspd.pasta.tokens import PastaIds
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class PastaRun:
                        self.tags.promise: Tag.PROMISE}
         self.stats = Stats(prefill_tokens=len(prompt))
         self.streams: list[_S] = [_S(0, list(prompt))]
-        self.scope_forks: list[int] = []  # fork count of each closed scope
+        self.scopes: list[_Scope] = []  # every scope opened so far (the tracker's, with its forks), closed or not
         self.slots: list[tuple[int, int, int, int]] = []
         self.logits: list[torch.Tensor] = []
         self.fed: list[tuple[int, int]] = []  # (stream, token) of the last forward, in row order
@@ -85,6 +85,8 @@ class PastaRun:
             sid, tok = feeds[i]
             fed = self.t.feed(sid, self.tag_of.get(tok))
             s = self.streams[sid]
+            if tok == self.tags.scope and not prefill:  # a group counts when it opens, even if the length cuts it
+                self.scopes.append(self.t.scope_of(sid))
             if not prefill:  # the prompt is already the main stream's history
                 s.ids.append(tok)
                 s.hist.append(tok)
@@ -129,14 +131,11 @@ class PastaRun:
         if (scope is None or last in (tg.promise, tg.scope) or len(scope.forks) >= self.lim.max_branches
                 or self.stats.tokens >= self.lim.max_new_tokens - 2):
             b[tg.promise] = True
-        if depth >= MAX_DEPTH or len(self.scope_forks) + self._open_scopes() >= self.lim.max_groups:
+        if depth >= MAX_DEPTH or len(self.scopes) >= self.lim.max_groups:
             b[tg.scope] = True
         if depth or is_async:  # the answer ends only with every scope closed; an async span ends by </async>
             b[list(e.eot)] = True
         return b
-
-    def _open_scopes(self) -> int:
-        return sum(self.t.depth(s.sid) for s in self.streams)
 
     def emit_token(self, s: _S, tok: int) -> None:
         if self.on_event is not None:
@@ -174,8 +173,6 @@ class PastaRun:
                     continue  # waits for its scope's async spans
                 tok, s.pending = s.pending, None
                 feeds.append((s.sid, tok))
-                if tok == tg.scope_end:
-                    self.scope_forks.append(len(self.t.streams[s.sid].scopes[-1].forks))
             if not feeds:
                 break  # cannot happen while a waiting stream has a live fork; a guard against a stall
             last = self.forward(feeds)
@@ -194,7 +191,7 @@ class PastaRun:
         if tp is not None:
             self.stats.parallel_seconds += time.perf_counter() - tp
         self.stats.seconds = time.perf_counter() - t0
-        self.stats.branches = [n for n in self.scope_forks if n]
+        self.stats.branches = [len(sc.forks) for sc in self.scopes if sc.forks]  # a scope without a span is serial
         text = self.text(0)
         self.stats.visible_tokens = len(e.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
         markup = self.markup(0)

@@ -1,38 +1,36 @@
-"""Incremental detokenization: text deltas for a growing list of ids, at O(1) decode work per token."""
+"""Incremental detokenization: text deltas for a growing list of ids, by `tokenizers`' streaming decoder."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from tokenizers.decoders import DecodeStream
+
 
 class Detokenizer:
-    """Decodes a short window of recent ids (as vLLM does), holding back incomplete multi-byte characters.
+    """Text deltas per token; a character split across tokens comes out with the token that completes it.
 
-    Decoding a window rather than the whole list keeps streaming linear in answer length, while a token that
-    merges with its predecessor (byte-level BPE, SentencePiece spaces) still renders correctly.
+    `tokenizers.decoders.DecodeStream` decodes a short window of recent ids (as vLLM does), so streaming stays
+    linear in answer length while a token that merges with its predecessor (byte-level BPE, SentencePiece
+    spaces) still renders correctly.
     """
 
     def __init__(self, tokenizer: Any):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.prefix = 0  # start of the window decoded for context
-        self.read = 0  # ids before this have been emitted
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False)
+        self.backend = tokenizer.backend_tokenizer  # the fast tokenizer's Rust core
+        self.stream = DecodeStream(skip_special_tokens=False)
+        self.held: list[int] = []  # pushed since the last delta: an incomplete character
 
     def push(self, token: int) -> str:
-        self.ids.append(token)
-        shown = self._decode(self.ids[self.prefix : self.read])
-        text = self._decode(self.ids[self.prefix :])
-        if len(text) <= len(shown) or text.endswith("\ufffd"):  # a character split across tokens: wait
+        self.held.append(token)
+        text = self.stream.step(self.backend, token)
+        if text is None:
             return ""
-        self.prefix, self.read = self.read, len(self.ids)
-        return text[len(shown) :]
+        self.held = []
+        return text
 
     def flush(self) -> str:
-        """Whatever was held back, once no more tokens will come."""
-        shown = self._decode(self.ids[self.prefix : self.read])
-        text = self._decode(self.ids[self.prefix :])
-        self.prefix = self.read = len(self.ids)
-        return text[len(shown) :]
+        """Whatever was held back (as the full decode renders it), once no more tokens will come; what is
+        pushed next starts afresh."""
+        text = self.backend.decode(self.held, skip_special_tokens=False) if self.held else ""
+        self.stream, self.held = DecodeStream(skip_special_tokens=False), []
+        return text

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from aspd.models.fetch import DTYPES, cache_dir, fetch, is_cached, verify
+from aspd.models.cache import cache_dir, is_cached, verify
+from aspd.models.convert import DTYPES
+from aspd.models.fetch import fetch
 from aspd.models.registry import REGISTRY
 
 

@@ -185,20 +185,12 @@ def _local(args: argparse.Namespace, prompts: Any) -> Any:
                         seed=args.seed, **kw)
 
 
-def _likelihood_options(cls: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Pass only the options the likelihood judge takes (its threshold is `threshold` or `max_changed`)."""
-    import inspect
-
-    accepted = set(inspect.signature(cls).parameters)
-    kw: dict[str, Any] = {"device": args.device}
-    if "dtype" in accepted:
-        kw["dtype"] = args.dtype
+def _likelihood_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The likelihood judge's options given on the command line (the judge's own defaults otherwise)."""
+    kw: dict[str, Any] = {"device": args.device, "dtype": args.dtype}
     if args.likelihood_threshold is not None:
-        name = "threshold" if "threshold" in accepted else "max_changed"
-        kw[name] = args.likelihood_threshold
+        kw["max_changed"] = args.likelihood_threshold
     if args.likelihood_max_nll_increase is not None:
-        if "max_nll_increase" not in accepted:
-            _fail("this likelihood judge has no max_nll_increase option")
         kw["max_nll_increase"] = args.likelihood_max_nll_increase
     return kw
 
@@ -256,7 +248,7 @@ def build_backends(args: argparse.Namespace, prompts: Any) -> tuple[Any, Any]:
 
         if not args.target_model:
             _fail("--judge likelihood needs --target-model (the model whose answers these are)")
-        judge = likelihood.LikelihoodJudge(args.target_model, **_likelihood_options(likelihood.LikelihoodJudge, args))
+        judge = likelihood.LikelihoodJudge(args.target_model, **_likelihood_options(args))
     return rewriter, judge
 
 

@@ -37,6 +37,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from aspd.bench.metrics import word_count
 from aspd.markup import (
     Branch,
     Document,
@@ -47,7 +48,6 @@ from aspd.markup import (
     is_head,
     render,
     validate,
-    word_count,
 )
 from aspd.pipeline.types import Candidate, Sample
 

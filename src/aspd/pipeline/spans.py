@@ -24,7 +24,6 @@ Two ways to run it:
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -32,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aspd.markup import MarkupError, word_count
+from aspd.bench.metrics import word_count
+from aspd.jsonl import JsonlReader
+from aspd.markup import MarkupError
 from aspd.pipeline.prompts import DEFAULT_PROMPTS, Prompts, span_messages
 from aspd.pipeline.rules import (
     _BACK_REFERENCE,
@@ -342,10 +343,6 @@ def retry_messages(messages: list[dict[str, str]], raw: str, problems: Sequence[
 # ---------------------------------------------------------------------------------------------- offline files
 
 
-def _open(path: str | Path) -> Any:
-    return gzip.open(path, "rt", encoding="utf-8") if str(path).endswith(".gz") else open(path, encoding="utf-8")
-
-
 def read_replies(paths: Iterable[str | Path]) -> dict[str, list[str]]:
     """id -> replies, in file order, from `aspd distill` output ({id, answer, finish?, ...} lines).
 
@@ -354,21 +351,11 @@ def read_replies(paths: Iterable[str | Path]) -> dict[str, list[str]]:
     """
     out: dict[str, list[str]] = {}
     for path in paths:
-        try:
-            f = _open(path)
-        except OSError as e:
-            raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
-        with f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError as e:
-                    raise ValueError(f"{path}:{lineno}: invalid JSON ({e})") from None
-                if not isinstance(obj, dict) or not isinstance(obj.get("answer"), str) or "id" not in obj:
-                    raise ValueError(f"{path}:{lineno}: expected {{id, answer}} (a line of `aspd distill` output)")
-                out.setdefault(str(obj["id"]), []).append(obj["answer"])
+        reader = JsonlReader(path, error=ValueError)
+        for lineno, obj in reader:
+            if not isinstance(obj, dict) or not isinstance(obj.get("answer"), str) or "id" not in obj:
+                reader.bad(lineno, "expected {id, answer} (a line of `aspd distill` output)")
+            out.setdefault(str(obj["id"]), []).append(obj["answer"])
     return out
 
 

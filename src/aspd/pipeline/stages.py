@@ -13,16 +13,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from aspd.bench.metrics import abn, dp, parallel_stats
 from aspd.markup import (
     Document,
     Group,
     MarkupError,
     Segment,
     Serial,
-    abn,
-    dp,
     flatten,
-    parallel_stats,
     parse,
     render,
     same_text,

@@ -16,6 +16,7 @@ from typing import IO, Any
 import numpy as np
 
 from aspd.cli import CLIError
+from aspd.jsonl import JsonlReader
 
 SHINGLE = 5  # character 5-grams, the rule the shared prompt file was decontaminated with
 
@@ -100,13 +101,10 @@ def overlap(a: np.ndarray, b: np.ndarray) -> int:
 
 
 @contextmanager
-def _open(path: str | Path, mode: str) -> Iterator[IO[str]]:
+def _write(path: str | Path) -> Iterator[IO[str]]:
     if not str(path).endswith(".gz"):
-        with open(path, mode, encoding="utf-8") as f:
+        with open(path, "w", encoding="utf-8") as f:
             yield f
-    elif mode == "r":
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            yield f  # type: ignore[misc]
     else:  # no name or time in the gzip header: the same rows give the same bytes
         with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
                 io.TextIOWrapper(gz, encoding="utf-8") as f:
@@ -115,21 +113,12 @@ def _open(path: str | Path, mode: str) -> Iterator[IO[str]]:
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) per non-blank line of a JSONL file (.gz too); problems name file:line."""
+    reader = JsonlReader(path, error=CLIError)
     out = []
-    try:
-        with _open(path, "r") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise CLIError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise CLIError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
-                out.append((n, obj))
-    except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise CLIError(f"cannot read {path}: {e}") from None
+    for n, obj in reader:
+        if not isinstance(obj, dict):
+            reader.bad(n, f"expected a JSON object, got {type(obj).__name__}")
+        out.append((n, obj))
     return out
 
 
@@ -139,7 +128,7 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp" + (".gz" if p.name.endswith(".gz") else ""))
     n = 0
-    with _open(tmp, "w") as f:
+    with _write(tmp) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1

@@ -89,3 +89,41 @@ def tiny_model(arch: str, vocab_size: int, *, seed: int = 0, attn: str = "sdpa",
             if p.dim() >= 2:
                 p.normal_(0, 0.2)
     return model.eval()
+
+
+def grouping_model(arch: str = "llama") -> tuple[Any, Any]:
+    """A tiny model (and tokenizer with the control tokens) that opens parallel groups by itself when sampled.
+
+    A bigram model: attention and MLP outputs are zeroed, so the next-token logits depend on the current token
+    only, through one embedding per state (text, after `<|title|>`, after `<|/title|>`). After text it often
+    announces a title; a title is a word or two; after `<|/title|>` comes another title or `<|para|>`. With five
+    words to pick titles from, sampling (temperature 1) opens a group within a few dozen tokens for most seeds.
+    """
+    from aspd.sample import end_of_turn_ids
+    from aspd.tokens import add_control_tokens, text_ids
+
+    tok = tiny_tokenizer()
+    model = tiny_model(arch, len(tok))
+    c = add_control_tokens(tok, model)
+    words = [text_ids(tok, w)[0] for w in (" Diet", " Sleep", " Work", " Eat", " well", ".")]
+    text, after_title, after_title_end = 0, 1, 2
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+        root = emb.shape[1] ** 0.5  # a one-hot row times root has unit RMS: the final norm leaves it as is
+        emb.zero_()
+        emb[:, text] = root
+        for t, state in ((c.title, after_title), (c.title_end, after_title_end)):
+            emb[t, text] = 0.0
+            emb[t, state] = root
+        logits = {text: {**dict.fromkeys(words, 1.0), c.title: 1.5, c.title_end: 2.0, c.branch_end: 0.5,
+                         **dict.fromkeys(end_of_turn_ids(tok), -1.0)},
+                  after_title: dict.fromkeys(words, 1.0),
+                  after_title_end: {c.title: 2.0, c.para: 2.0}}
+        head.fill_(-20.0 / root)
+        for state, row in logits.items():
+            for t, v in row.items():
+                head[t, state] = v / root
+    return model, tok
