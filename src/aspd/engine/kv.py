@@ -310,7 +310,7 @@ class StaticKV:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(2):
+            for _ in range(3):  # the first may run eagerly (cache allocation), the next compiles and tunes
                 self._bucket_step(inputs, self.capacity, rows)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
