@@ -26,10 +26,8 @@ import torch
 # matmul kernels (minutes). CUDA graphs are captured by the engine itself, so inductor's own are never wanted.
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 ENV_MODE = "ASPD_COMPILE_MODE"
-_RECOMPILE_LIMIT = 64  # several models and buckets in one process (tests, benchmarks) share the step's code
-
-
 ENV_COMPILE = "ASPD_COMPILE"  # 1 / 0: the default for engines built without `compile=` (the CLI and the server)
+_RECOMPILE_LIMIT = 64  # several models and buckets in one process (tests, benchmarks) share the step's code
 
 
 def resolve_compile(compile: bool | None, device: torch.device) -> bool:
@@ -108,6 +106,8 @@ class CompiledStep:
         try:
             out = self.fn(inputs, span, rows)
         except Exception as err:  # an architecture or backend inductor cannot compile: keep decoding, eagerly
+            if not first:  # compiled code that ran before and fails now (e.g. while captured): the caller decides
+                raise
             self.error = f"{type(err).__name__}: {err}"
             warnings.warn(f"compiling the decode step failed ({self.error[:500]}); the fast engine goes on with "
                           "the eager step", RuntimeWarning, stacklevel=3)
