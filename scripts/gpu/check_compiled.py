@@ -37,7 +37,7 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     report: dict[str, Any] = {"model": args.model, "dtype": args.dtype, "torch": torch.__version__,
-                              "device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
+                              "device": torch.cuda.get_device_name() if torch.cuda.is_available() else args.device,
                               "date": time.strftime("%Y-%m-%d"), "runs": []}
     try:
         model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
