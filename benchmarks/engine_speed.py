@@ -7,12 +7,16 @@
     "step" is forward start to next forward start, so it includes sampling and bookkeeping.
 (b) Serial decoding: each engine in serial mode and Hugging Face `model.generate` (greedy), same model, prompt
     and number of new tokens (end-of-turn disabled everywhere so all produce exactly that many), interleaved
-    runs, medians of wall time with prefill included, and the ratios to HF.
+    runs, medians of wall time with prefill included, and the ratios to HF. HF runs twice: with its default
+    dynamic cache (`hf_generate`) and with `cache_implementation="static"` (`hf_static`), which on CUDA compiles
+    the forward and replays CUDA graphs. The first (warm-up) run of each side is reported: it pays compiling.
 (c) The bandwidth floor of a serial step: bytes of weights and KV cache one step reads, divided by the measured
     device-to-device copy bandwidth, and the share of it each engine reaches.
 
 A plain model works: the control tokens are added with rows at the mean embedding, so the model decodes
-structure only where it is forced. Results: a table on stdout, JSON + Markdown at --out.
+structure only where it is forced. Engines: `eager`, `fast` (the static cache and CUDA graphs, step not compiled)
+and `fast-compiled` (the same with the decode step through torch.compile, `aspd.engine.compiled`; the default on
+CUDA); their compile and capture seconds are reported. Results: a table on stdout, JSON + Markdown at --out.
 
     ASPD_CACHE=/work/cache python benchmarks/engine_speed.py --model smollm2-135m --device cpu
 """
@@ -123,6 +127,30 @@ def forced_group(eng: HybridEngine, titles: list[str]) -> list[int]:
     return [*ids, c.para]
 
 
+ENGINES = {"eager": ("eager", False), "fast": ("fast", False), "fast-compiled": ("fast", True)}
+
+
+def make_engine(model: Any, tok: Any, name: str) -> HybridEngine:
+    if name not in ENGINES:
+        raise SystemExit(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
+    engine, compiled = ENGINES[name]
+    eng = HybridEngine(model, tok, engine=engine, compile=compiled)
+    eng.name = name  # type: ignore[attr-defined]
+    return eng
+
+
+def compile_report(eng: HybridEngine) -> dict[str, Any]:
+    """What compiling and capturing cost this engine (seconds per shape / bucket), and whether compiling failed."""
+    kv = eng._static
+    if kv is None:
+        return {}
+    out: dict[str, Any] = {"capture_s": dict(kv.capture_seconds)}
+    if kv.compiled is not None:
+        out.update(compile_s=dict(kv.compiled.seconds), compile_error=kv.compiled.error, mode=kv.compiled.mode,
+                   cache_dir=kv.compiled.cache_dir)
+    return out
+
+
 # ------------------------------------------------------------------------------------------ benchmarks
 
 
@@ -151,7 +179,7 @@ def bench_branches(eng: HybridEngine, args: argparse.Namespace) -> list[dict[str
                 fwd[n] += f
                 step[n] += s
                 ctx[n] += c
-        print(f"  {eng.engine} branches: run {rep + 1}/{args.warmup + args.repeats} done", file=sys.stderr,
+        print(f"  {eng.name} branches: run {rep + 1}/{args.warmup + args.repeats} done", file=sys.stderr,
               flush=True)
     rows: list[dict[str, Any]] = []
     for n in args.branches:
@@ -160,7 +188,7 @@ def bench_branches(eng: HybridEngine, args: argparse.Namespace) -> list[dict[str
                "context": round(statistics.mean(ctx[n]))}
         row["tok_s"] = n * 1e3 / row["step_ms"]
         rows.append(row)
-        print(f"  {eng.engine} branches {n:>2}: forward {row['forward_ms']:7.2f} ms  step {row['step_ms']:7.2f} ms"
+        print(f"  {eng.name} branches {n:>2}: forward {row['forward_ms']:7.2f} ms  step {row['step_ms']:7.2f} ms"
               f"  ({row['steps']} steps)", file=sys.stderr, flush=True)
     base = rows[0]["step_ms"]
     for r in rows:
@@ -190,29 +218,45 @@ def bench_serial(engines: dict[str, HybridEngine], args: argparse.Namespace) -> 
         with torch.inference_mode():
             return model.generate(inp, generation_config=cfg)[0, len(prompt):].tolist()
 
-    runs: dict[str, Callable[[], list[int]]] = {"hf_generate": hf}
+    def hf_static() -> list[int]:
+        with torch.inference_mode():
+            return model.generate(inp, generation_config=cfg, cache_implementation="static")[0, len(prompt):].tolist()
+
+    runs: dict[str, Callable[[], list[int]]] = {"hf_generate": hf, "hf_static": hf_static}
     for name, eng in engines.items():
         runs[name] = lambda eng=eng: eng.generate(prompt, mode="serial", limits=Limits(max_new_tokens=t)).answer_ids
     secs: dict[str, list[float]] = {k: [] for k in runs}
+    first_s: dict[str, float] = {}
     ids: dict[str, list[int]] = {}
+    errors: dict[str, str] = {}
     same = True
     for rep in range(args.warmup + args.serial_repeats):
         # Rotate which goes first so drift (thermal, caches) does not favour one side.
-        names = list(runs)
+        names = [k for k in runs if k not in errors]
         names = names[rep % len(names):] + names[: rep % len(names)]
         for k in names:
-            sec, got = timed(runs[k])
+            try:
+                sec, got = timed(runs[k])
+            except Exception as err:  # HF's static path may fail to compile: keep the other columns
+                errors[k] = f"{type(err).__name__}: {err}"[:2000]
+                print(f"  serial: {k} failed: {errors[k][:300]}", file=sys.stderr, flush=True)
+                continue
+            first_s.setdefault(k, round(sec, 3))
             same = same and ids.setdefault(k, got) == got
             if rep >= args.warmup:
                 secs[k].append(sec)
-    res: dict[str, Any] = {"new_tokens": t, "prompt_tokens": len(prompt), "runs_s": {}, "tok_s": {}}
-    for k in runs:
+    ok = [k for k in runs if secs[k]]
+    res: dict[str, Any] = {"new_tokens": t, "prompt_tokens": len(prompt), "runs_s": {}, "tok_s": {},
+                           "first_run_s": first_s, "errors": errors,
+                           "hf_static_compiled": first.device.type in ("cuda", "xpu")}  # HF compiles there
+    for k in ok:
         res["runs_s"][k] = [round(x, 4) for x in secs[k]]
         res["tok_s"][k] = t / statistics.median(secs[k])
-    res["over_hf"] = {k: res["tok_s"][k] / res["tok_s"]["hf_generate"] for k in engines}
-    res["same_tokens"] = same and all(ids[k] == ids["hf_generate"] for k in runs)
+    for key, base in (("over_hf", "hf_generate"), ("over_hf_static", "hf_static")):
+        res[key] = {k: res["tok_s"][k] / res["tok_s"][base] for k in engines if k in ok} if base in ok else {}
+    res["same_tokens"] = same and all(ids[k] == ids["hf_generate"] for k in ok)
     res["first_divergence"] = {k: next((i for i, (a, b) in enumerate(zip(ids[k], ids["hf_generate"], strict=True))
-                                        if a != b), None) for k in engines}
+                                        if a != b), None) for k in engines if k in ok}
     print("  serial: " + ", ".join(f"{k} {v:.1f} tok/s" for k, v in res["tok_s"].items()), file=sys.stderr,
           flush=True)
     return res
@@ -245,10 +289,12 @@ def bandwidth_floor(engines: dict[str, HybridEngine], serial: dict[str, Any], br
     out: dict[str, Any] = {"weight_bytes": weights, "kv_bytes_per_slot": kv_per_slot, "copy_bytes_per_s": bw,
                            "engines": {}}
     for name, e in engines.items():
+        if not branch_steps.get(name):
+            continue
         # The eager engine attends over the filled slots; the fast one over its whole preallocated capacity
         # on a GPU (static graph shapes) and over the filled slots on a CPU.
         slots = serial["prompt_tokens"] + serial["new_tokens"] / 2
-        if name == "fast" and e._static is not None and e._static.bucketed:
+        if e._static is not None and e._static.bucketed:
             slots = e._static.capacity
         floor_s = (weights + kv_per_slot * slots) / bw
         step_s = 1e-3 * branch_steps[name][0]["step_ms"]
@@ -258,6 +304,19 @@ def bandwidth_floor(engines: dict[str, HybridEngine], serial: dict[str, Any], br
 
 
 # ------------------------------------------------------------------------------------------ report
+
+
+def summary(res: dict[str, Any]) -> dict[str, Any]:
+    """Per engine: serial tok/s, its ratio to HF generate (dynamic and static cache), and the cost of a step with
+    the most live branches measured against a serial step (the issue #19 targets: >= 1.5x HF static, <= 1.15x)."""
+    s, out = res["serial"], {}
+    for name, rows in res["branch_steps"].items():
+        row: dict[str, Any] = {"serial_tok_s": s["tok_s"].get(name), "over_hf": s["over_hf"].get(name),
+                               "over_hf_static": s["over_hf_static"].get(name)}
+        if rows:
+            row[f"step{rows[-1]['branches']}_vs_serial"] = rows[-1]["step_vs_first"]
+        out[name] = row
+    return out
 
 
 def command() -> str:
@@ -297,14 +356,39 @@ def markdown(res: dict[str, Any]) -> str:
         f"## Serial decoding ({s['new_tokens']} new tokens, prompt {s['prompt_tokens']} tokens, "
         f"{len(s['runs_s']['hf_generate'])} interleaved runs each, prefill included)",
         "",
-        "| | tokens/s (median) | vs HF generate | first token differing from HF | runs (s) |",
-        "|---|---:|---:|---:|---|",
+        f"`hf_static` is `generate(cache_implementation=\"static\")`"
+        f"{', compiled by HF (CUDA graphs)' if s.get('hf_static_compiled') else ' (HF compiles it on CUDA only)'}; "
+        "the first run pays compiling and capturing.",
+        "",
+        "| | tokens/s (median) | vs HF generate | vs HF static | first token differing from HF | first run s | "
+        "runs (s) |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
+    ratio = lambda d, k: f"{d[k]:.2f}x" if k in d else "-"  # noqa: E731
     for k, v in s["tok_s"].items():
-        ratio = f"{s['over_hf'][k]:.2f}x" if k in s["over_hf"] else "1.00x"
         div = s["first_divergence"].get(k, None) if k in s["first_divergence"] else "-"
-        lines.append(f"| {k} | {v:.1f} | {ratio} | {'none' if div is None else div} | "
+        lines.append(f"| {k} | {v:.1f} | {ratio(s['over_hf'], k)} | {ratio(s['over_hf_static'], k)} | "
+                     f"{'none' if div is None else div} | {s['first_run_s'].get(k, '-')} | "
                      f"{', '.join(map(str, s['runs_s'][k]))} |")
+    for k, err in s.get("errors", {}).items():
+        lines.append(f"| {k} | failed: {err[:200]} | | | | | |")
+    lines += [
+        "",
+        "## Summary",
+        "",
+        "| engine | serial tok/s | vs HF static | largest step vs serial step |",
+        "|---|---:|---:|---:|",
+    ]
+    for k, v in res["summary"].items():
+        big = next((f"{x:.2f}x ({n.removesuffix('_vs_serial')})" for n, x in v.items() if n.endswith("_vs_serial")),
+                   "-")
+        tps = f"{v['serial_tok_s']:.1f}" if v["serial_tok_s"] else "-"
+        vs = f"{v['over_hf_static']:.2f}x" if v["over_hf_static"] else "-"
+        lines.append(f"| {k} | {tps} | {vs} | {big} |")
+    if res.get("compile"):
+        lines += ["", "## Compile and capture cost (seconds: compile per step shape k x slots, capture per bucket)", ""]
+        for k, v in res["compile"].items():
+            lines.append(f"- {k}: {json.dumps(v)}")
     lines += [
         "",
         "## Bandwidth floor of a serial step",
@@ -326,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m", help="registry name, local folder, or 'tiny' (random)")
-    p.add_argument("--engines", default="eager,fast", help="engines to time, comma-separated (default eager,fast)")
+    p.add_argument("--engines", default="eager,fast,fast-compiled",
+                   help=f"engines to time, comma-separated, from {', '.join(ENGINES)} (default: all)")
     p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     p.add_argument("--branches", default="1,2,4,8,16", help="live branch counts to time (comma-separated)")
@@ -349,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     dtype = resolve_dtype(args.dtype, args.device)
     model, tok = load(args.model, args.device, args.dtype)
-    engines = {name: HybridEngine(model, tok, engine=name) for name in args.engines.split(",")}
+    engines = {name: make_engine(model, tok, name) for name in args.engines.split(",")}
     for eng in engines.values():
         eng.eot = set()  # fixed-length runs: no end-of-turn stops a branch or the serial decode early
 
@@ -372,14 +457,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"engine_speed: {args.model} on {args.device} ({res['dtype']})", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     load_before = os.getloadavg()
-    res["branch_steps"] = {name: bench_branches(eng, args) for name, eng in engines.items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def partial() -> None:  # a run cut short (a time limit) still leaves what it measured
+        res["compile"] = {name: compile_report(eng) for name, eng in engines.items() if eng.engine == "fast"}
+        Path(f"{out}.json").write_text(json.dumps(res, indent=2) + "\n")
+
+    res["branch_steps"] = {}
+    for name, eng in engines.items():
+        res["branch_steps"][name] = bench_branches(eng, args)
+        partial()
     res["serial"] = bench_serial(engines, args)
+    partial()
     res["bandwidth"] = bandwidth_floor(engines, res["serial"], res["branch_steps"], args)
+    res["summary"] = summary(res)
     res["total_seconds"] = round(time.perf_counter() - t0, 1)
     # Other processes on the machine skew timings; the 1-minute load average says whether they were around.
     res["machine"]["load_avg_1m"] = {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out}.json").write_text(json.dumps(res, indent=2) + "\n")
     md = markdown(res)
     Path(f"{out}.md").write_text(md)

@@ -136,6 +136,7 @@ class HybridEngine:
     engine: `fast` (default) keeps one preallocated cache per engine, replays CUDA graphs on a GPU and samples
     every stream in one batched draw; `eager` is the reference (a fresh growing cache per answer, one generator
     per stream). Both give the same greedy tokens. A fast engine answers one prompt at a time (a lock).
+    compile: the fast engine's decode step through torch.compile (`aspd.engine.compiled`); default on CUDA.
     """
 
     def __init__(
@@ -149,6 +150,7 @@ class HybridEngine:
         predicted_length: int = 20,
         engine: str = "auto",
         promise_len: int = 1,
+        compile: bool | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -166,6 +168,7 @@ class HybridEngine:
         self.mask_dtype = mask_dtype(model)
         self.device = next(model.parameters()).device
         self.engine = resolve_engine(engine)
+        self.compile = compile  # None: the fast engine decides by device (aspd.engine.compiled.resolve_compile)
         self._static: StaticKV | None = None
         self._lock = threading.Lock()
         self.eot = set(end_of_turn_ids(tokenizer))

@@ -13,6 +13,7 @@ fed ones, which no real token sees before a real token overwrites them.
 from __future__ import annotations
 
 import inspect
+import time
 import warnings
 from functools import cache
 from typing import Any
@@ -143,16 +144,25 @@ class _Graph:
 class StaticKV:
     """The fast path's cache: preallocated KV and slot tables, reused by every run of one engine."""
 
-    def __init__(self, eng: Any, capacity: int = 1024, *, bucketed: bool | None = None):
+    def __init__(self, eng: Any, capacity: int = 1024, *, bucketed: bool | None = None,
+                 compile: bool | None = None):
         """bucketed: pad small steps to bucket sizes and read the whole capacity, as graphs must (default: on
-        CUDA, where the buckets are replayed as CUDA graphs). On CPU it runs the graph computation eagerly."""
+        CUDA, where the buckets are replayed as CUDA graphs, or when compiling). On CPU it runs the graph
+        computation without graphs. compile: the bucketed step through torch.compile (`aspd.engine.compiled`;
+        default: the engine's `compile`, else on CUDA only)."""
+        from aspd.engine.compiled import CompiledStep, resolve_compile
+
         self.e = eng
         self.graphs_on = eng.device.type == "cuda"
-        self.bucketed = self.graphs_on if bucketed is None else bucketed
+        want = resolve_compile(getattr(eng, "compile", None) if compile is None else compile, eng.device)
+        self.bucketed = (self.graphs_on or want) if bucketed is None else bucketed
+        self.compiled = CompiledStep(self._step) if want and self.bucketed else None
+        self.capture_seconds: dict[str, float] = {}  # per captured bucket: warm-up (compiling included) + capture
         self.headroom = BUCKETS[-1] if self.bucketed else 0  # padding rows of the largest bucket
         cfg = eng.model.config.get_text_config() if hasattr(eng.model.config, "get_text_config") else eng.model.config
         self.layers = [_SlotLayer(self) for _ in range(cfg.num_hidden_layers)]
         self.cache = Cache(layers=self.layers)
+        self._cache_kw = cache_kwargs(eng.model, self.cache)  # read once: compiled steps need no signature lookup
         self.capacity = 0
         self.n = 0
         self.write = torch.empty(0, dtype=torch.long, device=eng.device)  # slots the current forward writes
@@ -216,8 +226,7 @@ class StaticKV:
                                            q_pos=pos, k_pos=k_pos, window=w)
         mask = model_mask(e.windows, allowed, e.mask_dtype)
         self.write, self.span = slot, span
-        out = e.model(input_ids=ids[None], position_ids=pos[None], attention_mask=mask,
-                      **cache_kwargs(e.model, self.cache))
+        out = e.model(input_ids=ids[None], position_ids=pos[None], attention_mask=mask, **self._cache_kw)
         return out.logits[0]
 
     def _inputs(self, ids: list[int], pos: list[int], grp: list[int], br: list[int], rows: int) -> torch.Tensor:
@@ -255,7 +264,7 @@ class StaticKV:
                 logits = g.logits[:k].clone()  # the graph overwrites its output at the next replay
             else:
                 dev = wide.to(self.e.device) if wide is not None else None
-                logits = self._step(padded.to(self.e.device), self.capacity, dev)[:k]
+                logits = self._bucket_step(padded.to(self.e.device), self.capacity, dev)[:k]
             self.n += k
             return logits
         inputs = self._inputs(ids, pos, grp, br, k).to(self.e.device)
@@ -264,11 +273,29 @@ class StaticKV:
         self.n += k
         return logits
 
+    def _bucket_step(self, inputs: torch.Tensor, span: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """A bucketed step: compiled when the engine compiles (and compiling has not failed), else eager. The cache
+        layers allocate their buffers at their first write, which stays out of the compiled code."""
+        if self.compiled is not None and self.layers[0].is_initialized:
+            return self.compiled(inputs, span, rows)
+        return self._step(inputs, span, rows)
+
     def _capture(self, size: int, explicit: bool = False) -> _Graph | None:
-        """Warm up and capture one bucket; None (and graphs off for this engine) if the model cannot be captured."""
+        """Warm up and capture one bucket; None (and graphs off for this engine) if the model cannot be captured.
+        A compiled step that cannot be captured is dropped first, and the eager step captured instead."""
+        t0 = time.perf_counter()
         try:
-            return self._try_capture(size, explicit)
+            g = self._try_capture(size, explicit)
+            self.capture_seconds[f"{size}{'+rows' if explicit else ''}"] = round(time.perf_counter() - t0, 3)
+            return g
         except Exception as err:  # a model with host syncs or dynamic control flow in its forward
+            if self.compiled is not None and self.compiled.active:
+                self.compiled.error = f"CUDA graph capture of the compiled step failed: {type(err).__name__}: {err}"
+                warnings.warn(self.compiled.error[:500] + "; capturing the eager step instead", RuntimeWarning,
+                              stacklevel=3)
+                self.graphs.clear()
+                self.pool = None
+                return self._capture(size, explicit)
             warnings.warn(f"CUDA graph capture failed ({type(err).__name__}: {err}); the fast engine goes on "
                           "without graphs", RuntimeWarning, stacklevel=3)
             self.graphs_on = False
@@ -283,12 +310,12 @@ class StaticKV:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(2):
-                self._step(inputs, self.capacity, rows)
+            for _ in range(3):  # the first may run eagerly (cache allocation), the next compiles and tunes
+                self._bucket_step(inputs, self.capacity, rows)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            logits = self._step(inputs, self.capacity, rows)
+            logits = self._bucket_step(inputs, self.capacity, rows)
         self.pool = graph.pool()
         self.graphs[(size, explicit)] = _Graph(graph, inputs, logits, rows)
         return self.graphs[(size, explicit)]

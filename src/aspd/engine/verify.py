@@ -75,10 +75,11 @@ def check_consistency(engine: HybridEngine, generation: Any) -> dict[str, Any]:
 
 
 def check_engines_agree(a: HybridEngine, b: HybridEngine, prompt: str, *, mode: str = "hybrid",
-                        limits: Limits | None = None) -> dict[str, Any]:
-    """Two engines on one model (eager vs fast): the same greedy tokens, and their logits on the slots both fed."""
-    ga = a.generate(prompt, mode=mode, limits=limits, record=True)
-    gb = b.generate(prompt, mode=mode, limits=limits, record=True)
+                        limits: Limits | None = None, answer_prefix: Sequence[int] = ()) -> dict[str, Any]:
+    """Two engines on one model (eager vs fast): the same greedy tokens, and their logits on the slots both fed.
+    answer_prefix: forced ids (e.g. `forced_group`, so that a model never fine-tuned decodes a group)."""
+    ga = a.generate(prompt, mode=mode, limits=limits, record=True, answer_prefix=answer_prefix)
+    gb = b.generate(prompt, mode=mode, limits=limits, record=True, answer_prefix=answer_prefix)
     first = next((i for i, (x, y) in enumerate(zip(ga.answer_ids, gb.answer_ids, strict=False)) if x != y), None)
     shared = next((i for i, (x, y) in enumerate(zip(ga.slots, gb.slots, strict=False)) if x != y),
                   min(len(ga.slots), len(gb.slots)))

@@ -1,0 +1,89 @@
+"""The compiled decode step (`aspd.engine.compiled`) against the eager engine, on CPU with inductor.
+
+On CPU `compile=True` runs what CUDA replays minus the graphs: steps padded to buckets, keys read over the whole
+capacity, the step (cache write, mask from the slot tables, model forward) compiled. fp32 greedy decoding must give
+the eager engine's tokens and, on every slot both fed, its logits. Compiling costs tens of seconds per tiny model on
+a small machine, so each architecture compiles once and decodes serially and with a group in the same engine.
+"""
+
+import pytest
+import torch
+
+from aspd.engine import HybridEngine, Limits
+from aspd.testing import tiny_model, tiny_tokenizer
+from aspd.tokens import add_control_tokens, text_ids
+
+PROMPT = "Give three tips for staying healthy."
+
+
+def same(a, b) -> None:
+    assert a.answer_ids == b.answer_ids
+    assert a.slots == b.slots
+    assert (torch.stack(a.logits) - torch.stack(b.logits)).abs().max().item() < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_compiled_step_equals_eager_serial_and_with_groups(arch, one_thread):
+    tok = tiny_tokenizer()
+    model = tiny_model(arch, len(tok))
+    ctrl = add_control_tokens(tok, model)
+    eager = HybridEngine(model, tok, engine="eager")
+    comp = HybridEngine(model, tok, engine="fast", compile=True)
+
+    lim = Limits(max_new_tokens=24)
+    same(eager.generate(PROMPT, mode="serial", limits=lim, record=True),
+         comp.generate(PROMPT, mode="serial", limits=lim, record=True))
+
+    forced = []
+    for t in ("Diet", "Sleep", "Work"):
+        forced += [ctrl.title, *text_ids(tok, t), ctrl.title_end]
+    forced.append(ctrl.para)
+    lim = Limits(max_new_tokens=40, max_branch_tokens=9)
+    ref = eager.generate(PROMPT, answer_prefix=forced, limits=lim, record=True)
+    assert ref.stats.branches == [3]
+    same(ref, comp.generate(PROMPT, answer_prefix=forced, limits=lim, record=True))
+
+    step = comp._static.compiled
+    assert step is not None and step.error is None, step and step.error  # no silent fall back to the eager step
+    shapes = {int(k.split("x")[0]) for k in step.seconds}
+    assert 1 in shapes and {4} <= shapes  # the serial step and a lockstep step of 3 branches ran compiled
+
+
+def test_compile_defaults_to_cuda_only_and_bad_mode_is_refused(monkeypatch):
+    from aspd.engine.compiled import compile_mode, resolve_compile
+
+    assert resolve_compile(None, torch.device("cuda")) and not resolve_compile(None, torch.device("cpu"))
+    assert resolve_compile(True, torch.device("cpu")) and not resolve_compile(False, torch.device("cuda"))
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", len(tok))
+    add_control_tokens(tok, model)
+    eng = HybridEngine(model, tok, engine="fast")
+    eng.generate("Hi", limits=Limits(max_new_tokens=2))
+    assert eng._static.compiled is None and not eng._static.bucketed  # CPU default: today's path
+    monkeypatch.setenv("ASPD_COMPILE", "1")
+    assert resolve_compile(None, torch.device("cpu")) and not resolve_compile(False, torch.device("cpu"))
+    monkeypatch.setenv("ASPD_COMPILE", "yes")
+    with pytest.raises(ValueError, match="ASPD_COMPILE must be 0 or 1"):
+        resolve_compile(None, torch.device("cpu"))
+    monkeypatch.setenv("ASPD_COMPILE_MODE", "turbo")
+    with pytest.raises(ValueError, match="ASPD_COMPILE_MODE must be one of"):
+        compile_mode()
+
+
+def test_a_step_that_cannot_compile_falls_back_to_eager_with_a_warning():
+    """A backend error surfaces at the first call: the step warns once and goes on eagerly, with the same result."""
+    from aspd.engine.compiled import CompiledStep
+
+    def refuse(gm, example_inputs):
+        raise RuntimeError("this backend compiles nothing")
+
+    def step(inputs, span, rows=None):
+        return inputs[:, :span].float() * 2
+
+    cs = CompiledStep(step, backend=refuse)
+    x = torch.arange(10).reshape(5, 2)
+    with pytest.warns(RuntimeWarning, match="compiles nothing"):
+        out = cs(x, 2)
+    assert torch.equal(out, x.float() * 2) and not cs.active
+    assert torch.equal(cs(x, 1), x[:, :1].float() * 2)  # eager from then on, no second warning
