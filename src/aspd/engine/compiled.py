@@ -55,7 +55,7 @@ def enable_caches() -> str:
     import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
-    from aspd.models.fetch import cache_dir
+    from aspd.models.cache import cache_dir
 
     try:
         from torch._inductor.runtime.cache_dir_utils import default_cache_dir
