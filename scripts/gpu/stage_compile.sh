@@ -6,7 +6,7 @@
 #   2. scripts/gpu/check_compiled.py: fp32 greedy tokens of the compiled fast engine == the eager engine's,
 #      serially and with a group.
 # A failing part never stops the stage: if the benchmark dies, it is rerun without the compiled engine, and the
-# error text is kept ($OUT/*.log, $OUT/errors.txt). Needs .xfer/whl (the gguf wheel) carried unless the models
+# error text is kept ($OUT/*.log, $OUT/errors.txt). Needs .xfer/whl (scripts/gpu/fetch_wheels.sh) carried unless the models
 # are converted already (a warm machine). Writes to $OUT. Usage: bash scripts/gpu/stage_compile.sh [SECONDS]
 set -uo pipefail
 budget=${1:-420}  # stop starting new parts after this many seconds

@@ -2,7 +2,8 @@
 # Issue 18 on one GPU lease: ASPD and Seq twins of each base on the teacher data (issue 17), then the benches.
 # Every step is one device call of at most ten minutes; trainings run in the background between calls, so the calls
 # must follow each other while the machine is warm. Bases must be received first (scripts/gpu/stage_receive.sh).
-# Carry .xfer/whl and .xfer/data (bench/ question files; teacher/ with the answers and transform of data/teacher).
+# Carry .xfer/whl (scripts/gpu/fetch_wheels.sh) and .xfer/data (bench/ question files and judge prompts; teacher/
+# with the answers and transform of data/teacher).
 #
 #   setup BASE...                   install wheels, convert the received GGUFs, build the training set
 #   train BASE RANK EPOCHS LR       start the ASPD and Seq LoRA fine-tunes of BASE in the background
