@@ -191,7 +191,7 @@ class StaticKV:
         self._tables = torch.zeros(5, 0, dtype=torch.long, device=eng.device)  # pos, grp, br, request, feed no.
         self._free: list[int] = []  # a heap: the lowest free slot first keeps the used span short
         self.owned: dict[int, list[int]] = {}  # request -> its slots in feed order
-        self.high = 0  # one past the highest slot ever handed out (what a CPU step reads)
+        self.high = 0  # one past the highest slot in use (what a CPU step reads)
         self._seq = 0  # feed numbers, increasing over all requests
         self._next_req = 0
         self._grow(capacity + self.headroom)  # `capacity` slots for requests, the headroom for padding
@@ -221,6 +221,8 @@ class StaticKV:
             self._tables[3, torch.tensor(slots, dtype=torch.long, device=self.e.device)] = FREE
             for s in slots:
                 heapq.heappush(self._free, s)
+            # A CPU step reads up to the highest slot in use: shrink it as requests leave.
+            self.high = max((max(s) for s in self.owned.values() if s), default=-1) + 1
 
     def _alloc(self, req: int, k: int) -> list[int]:
         if k > len(self._free):
