@@ -97,6 +97,10 @@ class HybridEngine:
         self.context = int(getattr(cfg, "max_position_embeddings", None) or 1 << 30)
         c = self.ctrl
         self._ban_serial = self._ban([c.branch, c.branch_end, c.para_end, c.title_end])
+        # The four serial bans by (title banned, <|para|> banned): built once, not per step of every request.
+        self._serial_bans = {(t, p): self._ban([c.branch, c.branch_end, c.para_end, c.title_end,
+                                                 *([c.title] if t else []), *([c.para] if p else [])])
+                             for t in (False, True) for p in (False, True)}
         self._ban_branch = self._ban([c.title, c.title_end, c.para, c.para_end, c.branch])
         self._ban_in_title = self._ban([c.title, c.para, c.branch, c.branch_end, c.para_end, *self.eot])
         self._only_title_end = ~self._ban([c.title_end])
@@ -291,7 +295,10 @@ class _Run:
             return [self.forced.pop(0)]
         ban = None
         if any(b is not None for b in banned):
-            ban = torch.stack([b if b is not None else torch.zeros_like(self.e._ban_serial) for b in banned])
+            if len(banned) == 1:  # a view, no copy: the common serial step
+                ban = banned[0][None]  # type: ignore[index]
+            else:
+                ban = torch.stack([b if b is not None else torch.zeros_like(self.e._ban_serial) for b in banned])
         return self.sampler.draw(logits, streams, ban, hist)
 
     # ---------------------------------------------------------------- main loop
@@ -344,15 +351,12 @@ class _Run:
                           self.logits)
 
     def serial_ban(self, titles: list[list[int]], in_title: list[int] | None) -> torch.Tensor:
-        e, c, lim = self.e, self.e.ctrl, self.lim
+        e, lim = self.e, self.lim
         if in_title is not None:
             return e._only_title_end if len(in_title) >= lim.max_title_tokens else e._ban_in_title
-        ban = e._ban_serial.clone()
-        if self.stats.groups >= lim.max_groups or len(titles) >= lim.max_branches:
-            ban[c.title] = True
-        if not self.can_open(titles, spend=1):  # the <|para|> itself would spend one token
-            ban[c.para] = True
-        return ban
+        no_title = self.stats.groups >= lim.max_groups or len(titles) >= lim.max_branches
+        no_para = not self.can_open(titles, spend=1)  # the <|para|> itself would spend one token
+        return e._serial_bans[no_title, no_para]
 
     def blocked(self, titles: list[list[int]]) -> bool:
         """The pending titles announce a group that may open but for the token budget or the context."""

@@ -33,8 +33,9 @@ from aspd.engine.rope import rerotate_keys
 from aspd.layout import MAIN, visibility
 
 # Graph sizes; a step of k tokens replays the smallest bucket >= k. Up to 16 covers every lockstep step (8
-# branches + <|/para|> by default); 32 and 64 cover most group openings (all prefixes in one forward).
-BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# branches + <|/para|> by default); 32 and 64 cover most group openings (all prefixes in one forward); 128 and
+# 256 the steps of many requests batched together.
+BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 ENGINES = ("eager", "fast")
 
 
