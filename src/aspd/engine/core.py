@@ -56,7 +56,8 @@ class HybridEngine:
 
     engine: `fast` (default) keeps one preallocated cache per engine, replays CUDA graphs on a GPU and samples
     every stream in one batched draw; `eager` is the reference (a fresh growing cache per answer, one generator
-    per stream). Both give the same greedy tokens. `generate` answers one prompt at a time (a lock); `aspd.engine.batch.BatchEngine` decodes many at once.
+    per stream). Both give the same greedy tokens. `generate` answers one prompt at a time (a lock);
+    `aspd.engine.batch.BatchEngine` decodes many at once.
     """
 
     def __init__(
