@@ -112,12 +112,12 @@ class HTTPDriver:
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def one(self, index: int, who: int, t0: float) -> Record:
+    async def one(self, index: int, who: int, t0: float, max_tokens: int | None = None) -> Record:
         args = self.args
         body: dict[str, Any] = {
-            "model": self.model, "stream": True, "max_tokens": args.max_tokens, "temperature": args.temperature,
-            "seed": index, "messages": [{"role": "user", "content": PROMPTS[index % len(PROMPTS)]}],
-            "aspd": {"mode": args.mode},
+            "model": self.model, "stream": True, "max_tokens": max_tokens or args.max_tokens,
+            "temperature": args.temperature, "seed": index,
+            "messages": [{"role": "user", "content": PROMPTS[index % len(PROMPTS)]}], "aspd": {"mode": args.mode},
         }
         start = time.perf_counter()
         ttft = None
@@ -193,7 +193,7 @@ class InProcessDriver:
     async def close(self) -> None:
         pass
 
-    async def one(self, index: int, who: int, t0: float) -> Record:
+    async def one(self, index: int, who: int, t0: float, max_tokens: int | None = None) -> Record:
         from aspd.engine.sampling import SamplingParams
         from aspd.engine.types import Limits
         from aspd.serve.worker import GenRequest, Job
@@ -201,7 +201,8 @@ class InProcessDriver:
         args = self.args
         ids = self.prompts[index % len(self.prompts)]
         req = GenRequest(ids, args.mode, SamplingParams(temperature=args.temperature, seed=index),
-                         Limits(max_new_tokens=args.max_tokens), stream=True, request_id=f"load-{index}")
+                         Limits(max_new_tokens=max_tokens or args.max_tokens), stream=True,
+                         request_id=f"load-{index}")
         job = Job(req, asyncio.get_running_loop())
         start = time.perf_counter()
         if not self.worker.submit(job):
@@ -222,8 +223,8 @@ class InProcessDriver:
                           value.prompt_tokens, value.finish_reason, value.stats.get("tps"))
 
 
-async def run_level(driver: HTTPDriver | InProcessDriver, clients: int, total: int,
-                    duration: float) -> tuple[list[Record], float]:
+async def run_level(driver: HTTPDriver | InProcessDriver, clients: int, total: int, duration: float,
+                    max_tokens: int | None = None) -> tuple[list[Record], float]:
     next_index = 0
     records: list[Record] = []
     t0 = time.perf_counter()
@@ -234,7 +235,7 @@ async def run_level(driver: HTTPDriver | InProcessDriver, clients: int, total: i
         while next_index < total and time.perf_counter() < deadline:
             i = next_index
             next_index += 1
-            records.append(await driver.one(i, who, t0))
+            records.append(await driver.one(i, who, t0, max_tokens))
 
     await asyncio.gather(*(client_loop(c) for c in range(clients)))
     return sorted(records, key=lambda r: r.index), time.perf_counter() - t0
@@ -244,6 +245,8 @@ async def run(args: argparse.Namespace, levels: list[int]) -> dict[str, Any]:
     driver = InProcessDriver(args) if args.inprocess else HTTPDriver(args)
     try:
         card, health = await driver.describe()
+        if args.warmup:  # untimed: the widest level once with short answers (CUDA graphs, cache growth)
+            await run_level(driver, max(levels), max(levels), args.duration, max_tokens=8)
         out = []
         for clients in levels:
             total = args.requests or clients * args.rounds
@@ -373,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--mode", choices=("hybrid", "serial"), default="hybrid")
     p.add_argument("--timeout", type=float, default=600, help="per-request timeout (s)")
+    p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                   help="first an untimed round at the widest level with 8-token answers (default on)")
     p.add_argument("--server-command", default=None, help="HTTP: how the server was started, for the report")
     p.add_argument("--note", default=None, help="a sentence for the Markdown report")
     p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
