@@ -170,3 +170,10 @@ def test_eager_engine_interleaves_requests():
     assert widest == 4
     for ref, g in zip(refs, got, strict=True):
         same(ref, g)
+
+
+def test_serve_cli_defaults_are_the_engine_defaults():
+    from aspd.engine import batch
+    from aspd.serve import cli
+
+    assert (cli.DEFAULT_MAX_BATCH, cli.DEFAULT_MAX_SLOTS) == (batch.DEFAULT_MAX_BATCH, batch.DEFAULT_MAX_SLOTS)

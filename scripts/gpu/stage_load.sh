@@ -9,7 +9,7 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site .xfer/whl/*.wh
 for m in smollm2-135m qwen2.5-coder-0.5b; do
   [ -d "$ASPD_CACHE/models/$m" ] || python3 -m aspd.cli models fetch "$m" --gguf "/root/models/$m.gguf" -q
   python3 benchmarks/load_test.py --inprocess "$m" --device cuda --clients 1,8,32,128 --rounds 4 --max-tokens 128 \
-    --max-batch 128 --max-queue 128 --out "$OUT/load_test_gpu_${m}_batched" 2>&1 | grep -v "Loading weights"
+    --max-batch 128 --max-queue 128 --max-cache-tokens 131072 --out "$OUT/load_test_gpu_${m}_batched" 2>&1 | grep -v "Loading weights"
   python3 benchmarks/load_test.py --inprocess "$m" --device cuda --clients 1,8 --rounds 4 --max-tokens 128 \
     --max-batch 1 --max-queue 128 --out "$OUT/load_test_gpu_${m}_one_at_a_time" 2>&1 | grep -v "Loading weights"
 done
