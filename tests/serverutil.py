@@ -20,15 +20,15 @@ import httpx
 
 @contextmanager
 def running_server(folder: Path, log: Path, *, max_queue: int, log_level: str = "info", timeout: float = 60,
-                   api_key: str | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+                   api_key: str | None = None, extra: Iterable[str] = ()) -> Iterator[tuple[str, subprocess.Popen]]:
     """Yields (base URL without /v1, process); the server is terminated on exit. `api_key` goes in through
-    $ASPD_API_KEY (never inherited from the caller's environment)."""
+    $ASPD_API_KEY (never inherited from the caller's environment). `extra`: more `aspd serve` arguments."""
     env = {k: v for k, v in os.environ.items() if k != "ASPD_API_KEY"}
     env["TOKENIZERS_PARALLELISM"] = "false"
     if api_key is not None:
         env["ASPD_API_KEY"] = api_key
     cmd = [sys.executable, "-m", "aspd.cli", "serve", "--model", str(folder), "--host", "127.0.0.1",
-           "--port", "0", "--max-queue", str(max_queue), "--log-level", log_level]
+           "--port", "0", "--max-queue", str(max_queue), "--log-level", log_level, *extra]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:

@@ -93,17 +93,19 @@ def test_distill_with_a_system_prompt_drops_cut_answers(tiny_folder, tmp_path):
 
 
 def test_continuous_batching_gives_the_padded_batches_greedy_answers(tiny_folder, tmp_path):
-    """--engine cb (transformers' continuous batching) answers exactly as left-padded generate does, greedily."""
+    """--engine cb (transformers' continuous batching) and --engine aspd (aspd's) answer exactly as left-padded
+    generate does, greedily."""
     prompts = tmp_path / "p.jsonl"
     write_prompts(prompts, 5)
     base = ["distill", "--model", str(tiny_folder), "--prompts", str(prompts), "--batch-size", "5",
             "--max-new-tokens", "7", "--temperature", "0", "--device", "cpu", "--keep-bad"]
     got = {}
-    for engine in ("pad", "cb"):
+    for engine in ("pad", "cb", "aspd"):
         out = tmp_path / f"{engine}.jsonl"
         assert main([*base, "--engine", engine, "--output", str(out)]) == 0
         got[engine] = {r["id"]: r["answer"] for r in map(json.loads, out.read_text().splitlines())}
     assert len(got["cb"]) == 5 and got["cb"] == got["pad"]
+    assert got["aspd"] == got["pad"]  # aspd's own continuous batching too
 
 
 def test_distill_skip_bad_lines_and_made_up_ids_survive_resume(tiny_folder, tmp_path, capsys):

@@ -40,6 +40,7 @@ API_KEY = "sk-test-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CONTEXT = 512  # max_position_embeddings of the tiny model
 SLOW = 400  # max_tokens of a "slow" request: a few seconds of decoding on 2 CPU cores
+MAX_BATCH = 2  # requests the test server decodes at once
 
 
 def make_model(folder: Path) -> None:
@@ -75,7 +76,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = root / MODEL_ID
     make_model(folder)
     log = root / "server.log"
-    with running_server(folder, log, max_queue=1, log_level="info", timeout=60, api_key=API_KEY) as (url, proc):
+    with running_server(folder, log, max_queue=1, log_level="info", timeout=60, api_key=API_KEY,
+                        extra=["--max-batch", str(MAX_BATCH)]) as (url, proc):
         yield Server(url, proc, log, folder)
 
 
@@ -420,7 +422,7 @@ def test_queue_full_answers_503_with_retry_after(server: Server) -> None:
         with lock:
             results.append(r)
 
-    threads = [threading.Thread(target=call) for _ in range(4)]
+    threads = [threading.Thread(target=call) for _ in range(MAX_BATCH + 1 + 2)]  # 2 more than run or wait
     for t in threads:
         t.start()
     seen_busy, slowest = False, 0.0
@@ -433,11 +435,40 @@ def test_queue_full_answers_503_with_retry_after(server: Server) -> None:
         t.join(60)
     assert seen_busy and slowest < 1.0
     codes = sorted(r.status_code for r in results)
-    assert len(codes) == 4 and codes.count(503) >= 1 and codes.count(200) >= 1, codes
+    assert len(codes) == MAX_BATCH + 3 and codes.count(503) >= 1 and codes.count(200) >= 1, codes
     busy = next(r for r in results if r.status_code == 503)
     assert int(busy.headers["retry-after"]) >= 1
     assert busy.json()["error"]["code"] == "queue_full"
     assert server.health()["waiting"] == 0
+
+
+def test_concurrent_requests_share_the_batch_and_answer_as_alone(server: Server) -> None:
+    """Two requests decoded at once (each step feeds both) give the answers each gets alone; one streams."""
+    bodies = [chat_body(max_tokens=SLOW // 2, temperature=0),
+              chat_body(max_tokens=SLOW // 4, temperature=0.8, seed=5, stream=True,
+                        messages=[{"role": "user", "content": "Compare Python and Go."}])]
+
+    def text(r: httpx.Response, stream: bool) -> str:
+        if not stream:
+            return r.json()["choices"][0]["message"]["content"]
+        chunks = [json.loads(ln[6:]) for ln in r.text.splitlines() if ln.startswith("data: {")]
+        return "".join(ch["choices"][0]["delta"].get("content") or "" for ch in chunks if ch["choices"])
+
+    alone = [text(server.post("/v1/chat/completions", b), bool(b.get("stream"))) for b in bodies]
+    results: list[str | None] = [None, None]
+
+    def call(i: int) -> None:
+        results[i] = text(server.post("/v1/chat/completions", bodies[i]), bool(bodies[i].get("stream")))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    most = 0
+    while any(t.is_alive() for t in threads):
+        most = max(most, server.health()["running"])
+        time.sleep(0.05)
+    assert most == 2  # both ran at once
+    assert results == alone and all(alone)
 
 
 # ---------------------------------------------------------------------------------------------- in-process
@@ -448,13 +479,13 @@ class ForcedGroupEngine(HybridEngine):
 
     titles = ("Diet", "Sleep", "Work")
 
-    def generate(self, prompt: Any, **kw: Any) -> Any:
+    def decoder(self, ids: Any, kv: Any, **kw: Any) -> Any:  # alone (generate) and batched (the server) alike
         c = self.ctrl
         prefix: list[int] = []
         for t in self.titles:
             prefix += [c.title, *text_ids(self.tokenizer, t), c.title_end]
-        kw.setdefault("answer_prefix", [*prefix, c.para])
-        return super().generate(prompt, **kw)
+        kw["answer_prefix"] = kw.get("answer_prefix") or [*prefix, c.para]
+        return super().decoder(ids, kv, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -555,7 +586,7 @@ def test_mode_and_max_groups_switch_off_the_groups_a_model_opens(one_thread: Non
 
 
 class FailingEngine(HybridEngine):
-    def generate(self, prompt: Any, **kw: Any) -> Any:
+    def decoder(self, ids: Any, kv: Any, **kw: Any) -> Any:
         raise RuntimeError("boom: secret internals")
 
 

@@ -99,7 +99,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", required=True, help="JSONL with {id, prompt|question|messages, context?}")
     p.add_argument("--output", required=True)
     p.add_argument("--limit", type=int, default=None, help="first N prompts only")
-    p.add_argument("--batch-size", type=int, default=64, help="rows per generate call (--engine pad)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="rows per generate call (--engine pad); answers decoded at once (--engine aspd)")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.8)
@@ -109,9 +110,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--resume", action="store_true", help="skip ids already in --output (or its dropped file)")
-    p.add_argument("--engine", choices=("auto", "cb", "pad"), default="auto",
+    p.add_argument("--engine", choices=("auto", "cb", "pad", "aspd"), default="auto",
                    help="cb: transformers' continuous batching (no repetition penalty); pad: left-padded batches "
-                        "through generate; auto: cb on a GPU, else pad")
+                        "through generate; aspd: aspd's own continuous batching (serial answers, the server's "
+                        "engine; a seed per prompt); auto: cb on a GPU, else pad")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="stop cleanly after this long (finished answers are kept; --resume continues)")
     p.add_argument("--system", default=None, metavar="TEXT|@FILE",
@@ -202,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     eot = end_of_turn_ids(tok)
     engine = args.engine if args.engine != "auto" else ("cb" if model.device.type == "cuda" else "pad")
     sampling = {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
-                "repetition_penalty": args.repetition_penalty if engine == "pad" else 1.0,
+                "repetition_penalty": args.repetition_penalty if engine != "cb" else 1.0,
                 "max_new_tokens": args.max_new_tokens, "seed": args.seed, "do_sample": args.temperature > 0}
     cfg = GenerationConfig(pad_token_id=pad, eos_token_id=eot, **{k: v for k, v in sampling.items() if k != "seed"})
     meta = {"model": args.model, "prompts": args.prompts, "engine": engine, "sampling": sampling,
@@ -214,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     stops = set(eot) | {pad}
     t0, n_tok, n_drop = time.perf_counter(), 0, Counter()
     deadline = t0 + args.time_budget if args.time_budget else None
-    gen = _generate_cb if engine == "cb" else _generate_padded
+    gen = {"cb": _generate_cb, "aspd": _generate_aspd}.get(engine, _generate_padded)
     with (open(out, "a", encoding="utf-8") as f, open(dropped, "a", encoding="utf-8") as fd,
           tqdm(total=len(encoded), desc="distill", unit="prompt") as bar):
         for obj, row in gen(model, tok, encoded, cfg, args, deadline):
@@ -260,6 +262,40 @@ def _generate_padded(model: Any, tok: Any, encoded: Encoded, cfg: Any, args: arg
         with torch.no_grad():
             gen = model.generate(**padded.to(model.device), generation_config=cfg)
         yield from zip((o for o, _ in batch), gen[:, padded["input_ids"].shape[1] :].tolist(), strict=True)
+
+
+def _generate_aspd(model: Any, tok: Any, encoded: Encoded, cfg: Any, args: argparse.Namespace,
+                   deadline: float | None) -> Iterator[tuple[dict[str, Any], list[int]]]:
+    """aspd's continuous batching (`aspd.engine.batch`): serial answers, up to --batch-size at once, each with its
+    own seed (--seed + its index); answers come back as they finish."""
+    import copy
+
+    from aspd.engine.batch import BatchEngine, BatchRequest
+    from aspd.engine.core import HybridEngine
+    from aspd.engine.sampling import SamplingParams
+    from aspd.engine.types import Limits
+    from aspd.tokens import add_control_tokens
+
+    # The engine needs rows for its control tokens; a copy of the tokenizer leaves the caller's decode as it was,
+    # and a serial answer's control tokens (never trained, rarely sampled) are dropped.
+    vocab = len(tok)
+    engine_tok = copy.deepcopy(tok)
+    add_control_tokens(engine_tok, model)
+    batch = BatchEngine(HybridEngine(model, engine_tok), max_batch=args.batch_size)
+    finished: list[tuple[dict[str, Any], BatchRequest]] = []
+    limits = Limits(max_new_tokens=args.max_new_tokens)
+    for i, (obj, ids) in enumerate(encoded):
+        sp = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                            repetition_penalty=args.repetition_penalty, seed=args.seed + i)
+        batch.submit(BatchRequest(ids, "serial", sp, limits,
+                                  on_done=lambda r, obj=obj: finished.append((obj, r))))
+    while batch.busy and (deadline is None or time.perf_counter() < deadline):
+        batch.step()
+        while finished:
+            obj, r = finished.pop(0)
+            if r.error is not None or r.result is None:
+                raise CLIError(f"generation failed: {r.error}")
+            yield obj, [t for t in r.result.answer_ids if t < vocab]
 
 
 def _generate_cb(model: Any, tok: Any, encoded: Encoded, cfg: Any, args: argparse.Namespace,

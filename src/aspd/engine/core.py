@@ -9,117 +9,38 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from aspd.attention import layer_windows, mask_dtype
 from aspd.engine.answer import AnswerBuilder
-from aspd.engine.kv import DynamicKV, StaticKV, resolve_engine
+from aspd.engine.kv import DynamicKV, Slots, StaticKV, resolve_engine
 from aspd.engine.sampling import MAIN_STREAM, BatchSampler, SamplingParams, Stream, StreamSampler
 from aspd.engine.text import Detokenizer
+from aspd.engine.types import Event, Generation, Limits, Stats
 from aspd.layout import MAIN, MaskMode, PositionPlanner, PosMode
-from aspd.markup import Document, MarkupError, flatten, render
+from aspd.markup import flatten
 from aspd.pasta.tokens import PASTA_TAGS, PastaIds
 from aspd.sample import Message, end_of_turn_ids, prompt_ids
 from aspd.tokens import DEFAULT_TOKENS, ControlIds, add_control_tokens, branch_prefix_ids
 
 MODES = ("hybrid", "serial", "pasta", "sot")
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_new_tokens: int = 512  # sampled tokens, all streams together
-    max_branches: int = 8  # per group; extra titles are dropped
-    max_branch_tokens: int = 256  # per branch, its prefix and <|/branch|> included
-    max_groups: int = 8
-    max_title_tokens: int = 24
-
-
-@dataclass(frozen=True)
-class Event:
-    """One step of output. kind: token | open (a group starts) | close (a group ends) | done."""
-
-    kind: str
-    stream: Stream = MAIN_STREAM
-    token: int | None = None
-    text: str = ""
-    titles: tuple[str, ...] = ()
+STEPPED = ("hybrid", "serial")  # the modes whose decoder can be stepped, so batched with other requests
+__all__ = ["MAIN_STREAM", "MODES", "STEPPED", "Event", "Feed", "Generation", "HybridEngine", "Limits", "Stats"]
 
 
 @dataclass
-class Stats:
-    tokens: int = 0  # sampled tokens (engine-inserted prefixes and <|/para|> excluded)
-    parallel_tokens: int = 0  # sampled inside branches
-    forwards: int = 0
-    seconds: float = 0.0
-    parallel_seconds: float = 0.0
-    prefill_tokens: int = 0
-    branches: list[int] = field(default_factory=list)  # branch count of each group
-    visible_tokens: int = 0  # the visible answer re-tokenized (control tokens excluded)
+class Feed:
+    """What a stepped decoder asks to feed next: tokens of any of its owners, in one forward."""
 
-    @property
-    def groups(self) -> int:
-        return len(self.branches)
+    ids: list[int]
+    pos: list[int]
+    grp: list[int]
+    br: list[int]
 
-    @property
-    def dp(self) -> float:
-        return self.parallel_tokens / self.tokens if self.tokens else 0.0
-
-    @property
-    def abn(self) -> float:
-        return sum(self.branches) / len(self.branches) if self.branches else 0.0
-
-    @property
-    def tps(self) -> float:
-        return self.visible_tokens / self.seconds if self.seconds else 0.0
-
-    @property
-    def parallel_tps(self) -> float:
-        return self.parallel_tokens / self.parallel_seconds if self.parallel_seconds else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "tokens": self.tokens, "visible_tokens": self.visible_tokens, "parallel_tokens": self.parallel_tokens,
-            "seconds": round(self.seconds, 4), "parallel_seconds": round(self.parallel_seconds, 4),
-            "tps": round(self.tps, 2), "parallel_tps": round(self.parallel_tps, 2), "dp": round(self.dp, 4),
-            "abn": round(self.abn, 3), "groups": self.groups, "forwards": self.forwards,
-            "prefill_tokens": self.prefill_tokens,
-        }
-
-
-@dataclass
-class Generation:
-    """One answer. `doc`, `text` and `raw` describe the same answer (see `aspd.engine.answer`): `raw` is every
-    token sampled or fed, in flattened order; `doc` is what they read as, and `text == flatten(doc)`. Title
-    markup that opened no group (followed by text, or pending at the end of turn, the budget or the context)
-    is text: in `doc` and `text` without its control tokens, in `raw` as sampled.
-
-    finish_reason: `stop` when the model ended its turn; `length` when the token budget or the context cut the
-    answer (also when it ended a branch early, or left no room for the group the pending titles announce).
-    """
-
-    doc: Document  # the answer as markup
-    text: str  # visible answer (flattened); never holds a control token
-    raw: str  # token-level text, control tokens included, in flattened order
-    stats: Stats
-    finish_reason: str  # stop | length
-    answer_ids: list[int]  # flattened order
-    # Debug/verification: each fed slot as (id, position, group, branch), and its logits when recorded.
-    slots: list[tuple[int, int, int, int]] = field(default_factory=list)
-    logits: list[torch.Tensor] = field(default_factory=list)
-    markup: str | None = None  # the answer's own markup when it is not ASPD markup (PASTA's training form)
-
-    def markup_text(self) -> str | None:
-        """The answer as markup text: its own form if it has one, else the document rendered (None if invalid)."""
-        if self.markup is not None:
-            return self.markup
-        try:
-            return render(self.doc)
-        except MarkupError:
-            return None
 
 
 @dataclass
@@ -135,7 +56,8 @@ class HybridEngine:
 
     engine: `fast` (default) keeps one preallocated cache per engine, replays CUDA graphs on a GPU and samples
     every stream in one batched draw; `eager` is the reference (a fresh growing cache per answer, one generator
-    per stream). Both give the same greedy tokens. A fast engine answers one prompt at a time (a lock).
+    per stream). Both give the same greedy tokens. `generate` answers one prompt at a time (a lock);
+    `aspd.engine.batch.BatchEngine` decodes many at once.
     compile: the fast engine's decode step through torch.compile (`aspd.engine.compiled`); default on CUDA.
     """
 
@@ -179,6 +101,10 @@ class HybridEngine:
         self.context = int(getattr(cfg, "max_position_embeddings", None) or 1 << 30)
         c = self.ctrl
         self._ban_serial = self._ban([c.branch, c.branch_end, c.para_end, c.title_end])
+        # The four serial bans by (title banned, <|para|> banned): built once, not per step of every request.
+        self._serial_bans = {(t, p): self._ban([c.branch, c.branch_end, c.para_end, c.title_end,
+                                                 *([c.title] if t else []), *([c.para] if p else [])])
+                             for t in (False, True) for p in (False, True)}
         self._ban_branch = self._ban([c.title, c.title_end, c.para, c.para_end, c.branch])
         self._ban_in_title = self._ban([c.title, c.para, c.branch, c.branch_end, c.para_end, *self.eot])
         self._only_title_end = ~self._ban([c.title_end])
@@ -250,12 +176,7 @@ class HybridEngine:
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; not {mode!r}")
-        if prompt and isinstance(prompt, Sequence) and not isinstance(prompt, str) and isinstance(prompt[0], int):
-            ids = [int(t) for t in prompt]  # type: ignore[union-attr]
-        else:
-            ids = self.prompt_ids(prompt, chat=chat)  # type: ignore[arg-type]
-        if not ids:
-            raise ValueError("empty prompt")
+        ids = self.to_ids(prompt, chat=chat)
         sp, lim = sampling or SamplingParams(), limits or Limits()
         if mode == "sot":
             from aspd.engine.sot import generate_sot
@@ -264,30 +185,65 @@ class HybridEngine:
                 raise ValueError("mode 'sot' rewrites the question into its own prompts: give text or messages")
             return generate_sot(self, prompt, sampling=sp, limits=lim, on_event=on_event)  # type: ignore[arg-type]
 
-        def run(kv: DynamicKV | StaticKV, sampler: StreamSampler | BatchSampler) -> Generation:
+        def run(kv: DynamicKV | Slots) -> Generation:
             if mode == "pasta":
                 from aspd.engine.pasta import PastaRun
 
+                sampler = StreamSampler(sp, self.vocab, self.device) if isinstance(kv, DynamicKV) \
+                    else BatchSampler(sp, self.vocab, self.device)
                 return PastaRun(self, ids, sp, lim, list(answer_prefix), on_event, record, kv, sampler,
                                 self.promise_len).execute()
-            return _Run(self, ids, mode == "hybrid", sp, lim, list(answer_prefix), on_event, record, kv,
-                        sampler).execute()
+            return self.decoder(ids, kv, mode=mode, sampling=sp, limits=lim, answer_prefix=answer_prefix,
+                                on_event=on_event, record=record).execute()
 
         if self.engine == "eager":
-            return run(DynamicKV(self), StreamSampler(sp, self.vocab, self.device))
+            return run(DynamicKV(self))
         with self._lock:
-            if self._static is None:
-                self._static = StaticKV(self, max(1024, len(ids) + lim.max_new_tokens + 256))
-            self._static.reset()
-            return run(self._static, BatchSampler(sp, self.vocab, self.device))
+            slots = self.static_kv(len(ids) + lim.max_new_tokens + 256).open()
+            try:
+                return run(slots)
+            finally:
+                slots.close()
+
+    def to_ids(self, prompt: str | Sequence[Message] | Sequence[int], *, chat: bool = True) -> list[int]:
+        """A prompt as token ids: ids as given, text or messages through the chat template (or not, chat=False)."""
+        if prompt and isinstance(prompt, Sequence) and not isinstance(prompt, str) and isinstance(prompt[0], int):
+            ids = [int(t) for t in prompt]  # type: ignore[union-attr]
+        else:
+            ids = self.prompt_ids(prompt, chat=chat)  # type: ignore[arg-type]
+        if not ids:
+            raise ValueError("empty prompt")
+        return ids
+
+    def static_kv(self, capacity: int = 1024) -> StaticKV:
+        """The fast engine's one cache, shared by every answer (made on first use)."""
+        if self._static is None:
+            self._static = StaticKV(self, max(1024, capacity))
+        return self._static
+
+    def decoder(self, ids: list[int], kv: DynamicKV | Slots, *, mode: str = "hybrid",
+                sampling: SamplingParams | None = None, limits: Limits | None = None,
+                answer_prefix: Sequence[int] = (), on_event: Callable[[Event], None] | None = None,
+                record: bool = False) -> _Run:
+        """A stepped decoder of one answer (hybrid or serial) over its cache view `kv`: `steps()` yields what to
+        feed next and takes the logits back (`aspd.engine.batch` steps many in one forward); `execute()` runs
+        it alone. Its sampler is its own (seeded by `sampling.seed`), whatever runs beside it."""
+        if mode not in STEPPED:
+            raise ValueError(f"only modes {', '.join(STEPPED)} can be stepped; not {mode!r}")
+        sp, lim = sampling or SamplingParams(), limits or Limits()
+        sampler = StreamSampler(sp, self.vocab, self.device) if isinstance(kv, DynamicKV) \
+            else BatchSampler(sp, self.vocab, self.device)
+        return _Run(self, ids, mode == "hybrid", sp, lim, list(answer_prefix), on_event, record, kv, sampler)
 
 
 class _Run:
-    """State of one generation: cache, slot tables, position planner and the output being assembled."""
+    """One answer as a stepped decoder: `steps()` is a generator that yields the next `Feed` and takes its logits
+    back, so a driver decides when (and beside which other requests) each forward runs. State: the cache view,
+    position planner, sampler and the output being assembled."""
 
     def __init__(self, eng: HybridEngine, prompt: list[int], hybrid: bool, sp: SamplingParams, limits: Limits,
                  forced: list[int], on_event: Callable[[Event], None] | None, record: bool,
-                 kv: DynamicKV | StaticKV, sampler: StreamSampler | BatchSampler):
+                 kv: DynamicKV | Slots, sampler: StreamSampler | BatchSampler):
         self.e, self.prompt, self.hybrid, self.sp, self.lim = eng, prompt, hybrid, sp, limits
         self.forced, self.on_event, self.record = forced, on_event, record
         self.kv, self.sampler = kv, sampler
@@ -313,13 +269,28 @@ class _Run:
         self.emit(Event("token", stream, tok, d.push(tok)))
 
     def forward(self, ids: list[int], pos: list[int], grp: list[int], br: list[int]) -> torch.Tensor:
-        """Feed tokens (any owners) in one forward; returns their logits [n, V]."""
-        logits = self.kv.feed(ids, pos, grp, br)
+        """Run one feed alone on this answer's cache view; returns its logits [n, V]."""
+        return self.kv.feed(ids, pos, grp, br)
+
+    def step(self, ids: list[int], pos: list[int], grp: list[int],
+             br: list[int]) -> Generator[Feed, torch.Tensor, torch.Tensor]:
+        """Ask the driver to feed tokens (any owners) in one forward; gives back their logits [n, V]."""
+        logits = yield Feed(ids, pos, grp, br)
         self.stats.forwards += 1
         if self.record:
             self.slots.extend(zip(ids, pos, grp, br, strict=True))
             self.logits.extend(logits.float().cpu())
         return logits
+
+    def execute(self) -> Generation:
+        """Run the answer alone: every feed is its own forward."""
+        steps = self.steps()
+        feed = next(steps)
+        while True:
+            try:
+                feed = steps.send(self.forward(feed.ids, feed.pos, feed.grp, feed.br))
+            except StopIteration as done:
+                return done.value
 
     def draw(self, logits: torch.Tensor, streams: list[Stream], banned: list[torch.Tensor | None],
              hist: list[list[int]]) -> list[int]:
@@ -328,16 +299,19 @@ class _Run:
             return [self.forced.pop(0)]
         ban = None
         if any(b is not None for b in banned):
-            ban = torch.stack([b if b is not None else torch.zeros_like(self.e._ban_serial) for b in banned])
+            if len(banned) == 1:  # a view, no copy: the common serial step
+                ban = banned[0][None]  # type: ignore[index]
+            else:
+                ban = torch.stack([b if b is not None else torch.zeros_like(self.e._ban_serial) for b in banned])
         return self.sampler.draw(logits, streams, ban, hist)
 
     # ---------------------------------------------------------------- main loop
 
-    def execute(self) -> Generation:
+    def steps(self) -> Generator[Feed, torch.Tensor, Generation]:
         e, lim, c = self.e, self.lim, self.e.ctrl
         t0 = time.perf_counter()
         n = len(self.prompt)
-        last = self.forward(self.prompt, self.planner.take_main(n), [MAIN] * n, [MAIN] * n)[-1:]
+        last = (yield from self.step(self.prompt, self.planner.take_main(n), [MAIN] * n, [MAIN] * n))[-1:]
         titles: list[list[int]] = []  # announced so far (ids), not yet known to open a group
         in_title: list[int] | None = None
         finish = "length"
@@ -364,13 +338,13 @@ class _Run:
                 elif tok == c.title:
                     in_title = []
                 elif tok == c.para and self.can_open(titles):
-                    last = self.run_group(self.valid_titles(titles))
+                    last = yield from self.run_group(self.valid_titles(titles))
                     titles = []
                     continue
                 else:  # text (or a <|para|> without a group to open): the pending titles were text
                     titles = []
             self.main_hist.append(tok)
-            last = self.forward([tok], self.planner.take_main(1), [MAIN], [MAIN])[-1:]
+            last = (yield from self.step([tok], self.planner.take_main(1), [MAIN], [MAIN]))[-1:]
         self.stats.seconds = time.perf_counter() - t0
         doc, ids = self.out.finish()
         text = flatten(doc)
@@ -381,15 +355,12 @@ class _Run:
                           self.logits)
 
     def serial_ban(self, titles: list[list[int]], in_title: list[int] | None) -> torch.Tensor:
-        e, c, lim = self.e, self.e.ctrl, self.lim
+        e, lim = self.e, self.lim
         if in_title is not None:
             return e._only_title_end if len(in_title) >= lim.max_title_tokens else e._ban_in_title
-        ban = e._ban_serial.clone()
-        if self.stats.groups >= lim.max_groups or len(titles) >= lim.max_branches:
-            ban[c.title] = True
-        if not self.can_open(titles, spend=1):  # the <|para|> itself would spend one token
-            ban[c.para] = True
-        return ban
+        no_title = self.stats.groups >= lim.max_groups or len(titles) >= lim.max_branches
+        no_para = not self.can_open(titles, spend=1)  # the <|para|> itself would spend one token
+        return e._serial_bans[no_title, no_para]
 
     def blocked(self, titles: list[list[int]]) -> bool:
         """The pending titles announce a group that may open but for the token budget or the context."""
@@ -426,7 +397,7 @@ class _Run:
 
     # ---------------------------------------------------------------- parallel groups
 
-    def run_group(self, titles: list[str]) -> torch.Tensor:
+    def run_group(self, titles: list[str]) -> Generator[Feed, torch.Tensor, torch.Tensor]:
         """Feed <|para|> and every branch prefix in one forward, decode branches in lockstep, close the group."""
         e, c = self.e, self.e.ctrl
         tp = time.perf_counter()
@@ -447,7 +418,7 @@ class _Run:
             grp += [g] * len(p)
             br += [b] * len(p)
             ends.append(len(ids) - 1)
-        logits = self.forward(ids, pos, grp, br)[ends]
+        logits = (yield from self.step(ids, pos, grp, br))[ends]
         self.sample_branches(g, branches, list(range(len(branches))), logits)
         self.stats.branches.append(len(branches))
         while True:
@@ -473,7 +444,7 @@ class _Run:
                 pos += self.planner.take_main(1)
                 grp.append(MAIN)
                 br.append(MAIN)
-            logits = self.forward(ids, pos, grp, br)
+            logits = yield from self.step(ids, pos, grp, br)
             if not closing:
                 still = [b for b in live if not branches[b].done]
                 rows = [i for i, b in enumerate(live) if not branches[b].done]
@@ -481,7 +452,7 @@ class _Run:
                 continue
             if not fuse:
                 self.rearrange(g, branches, re_starts)
-                logits = self.forward([c.para_end], self.planner.take_main(1), [MAIN], [MAIN])
+                logits = yield from self.step([c.para_end], self.planner.take_main(1), [MAIN], [MAIN])
             break
         self.main_hist.append(c.para_end)
         self.out.close()
@@ -515,13 +486,11 @@ class _Run:
 
     def rearrange(self, g: int, branches: list[_Branch], starts: list[int]) -> None:
         """same-re: lay the closed group end to end by re-rotating its cached keys to the new positions."""
-        from aspd.engine.rope import rerotate_keys
-
         kv = self.kv
-        sel = kv.grp == g
-        new_pos = kv.pos.clone()
+        pos, grp, br = kv.pos, kv.grp, kv.br
+        sel = grp == g
+        new_pos = pos.clone()
         for b, s in enumerate(starts):
-            m = sel & (kv.br == b)
-            new_pos[m] = kv.pos[m] - branches[b].start + s
-        rerotate_keys(self.e.model, kv.cache, sel.nonzero().flatten(), kv.pos[sel], new_pos[sel])
-        kv.pos[:] = new_pos
+            m = sel & (br == b)
+            new_pos[m] = pos[m] - branches[b].start + s
+        kv.reposition(sel.nonzero().flatten(), new_pos[sel])

@@ -1,20 +1,28 @@
 """Where the engine keeps its KV cache and slot tables: grown step by step (eager) or preallocated (fast).
 
-Both give `feed(ids, pos, grp, br) -> logits [n, V]` for tokens of any owners, and expose the fed slots'
-position / group / branch tables (`pos`, `grp`, `br`, views that may be edited in place) and the HF `cache`.
+One answer's view of its cache (`DynamicKV`, or `Slots` of a `StaticKV`) gives `feed(ids, pos, grp, br) ->
+logits [n, V]` for tokens of any owners, the fed slots' position / group / branch tables (`pos`, `grp`, `br`,
+in feed order) and `reposition` (same-re moves a closed group's keys).
 
-The fast path keeps one preallocated cache per engine. Slots are handed out in feed order, so "fed no later than"
-is "slot index <=" and a slot that is not written yet is never visible. A step writes only its new slots (KV,
-position, owner); the step's mask rows are derived from the tables on the device. On CUDA, steps of up to
-`max(BUCKETS)` tokens replay a CUDA graph captured once per bucket size; padding rows write to slots past the
-fed ones, which no real token sees before a real token overwrites them.
+The fast path keeps one preallocated cache per engine, shared by every answer running on it (the cache manager
+of continuous batching, `aspd.engine.batch`). A request is one more level of owner: every slot carries its
+position, group, branch, request and feed number, and a token sees a slot only if it is its own request's and
+fed no later than itself (then the group/branch rule). Slots come from a free list (lowest first) and go back
+when the request ends, so requests of any lengths share the cache without fragmentation, and a slot not
+written yet, or freed, is never visible. A step writes only its new slots (KV and tables); the step's mask rows
+are derived from the tables on the device. `StaticKV.run` is the one place the fast path calls the model
+(`_step`). On CUDA, steps of up to `max(BUCKETS)` tokens replay a CUDA graph captured once per bucket size;
+padding rows write to scratch slots of a padding owner that no real token sees.
 """
 
 from __future__ import annotations
 
+import heapq
 import inspect
 import time
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -22,11 +30,13 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from aspd.attention import model_mask
+from aspd.engine.rope import rerotate_keys
 from aspd.layout import MAIN, visibility
 
 # Graph sizes; a step of k tokens replays the smallest bucket >= k. Up to 16 covers every lockstep step (8
-# branches + <|/para|> by default); 32 and 64 cover most group openings (all prefixes in one forward).
-BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# branches + <|/para|> by default); 32 and 64 cover most group openings (all prefixes in one forward); 128 and
+# 256 the steps of many requests batched together.
+BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 ENGINES = ("eager", "fast")
 
 
@@ -89,6 +99,11 @@ class DynamicKV:
                       **cache_kwargs(e.model, self.cache))
         return out.logits[0]
 
+    def reposition(self, idx: torch.Tensor, new_pos: torch.Tensor) -> None:
+        """Move the keys of the fed slots `idx` (feed order) to `new_pos` (RoPE re-rotation) and record it."""
+        rerotate_keys(self.e.model, self.cache, idx, self.pos[idx], new_pos)
+        self.pos[idx] = new_pos
+
 
 class _SlotLayer(CacheLayerMixin):
     """A preallocated layer that writes new keys/values at the slots its owner names for the current forward."""
@@ -129,7 +144,7 @@ class _SlotLayer(CacheLayerMixin):
         return self.owner.span, 0
 
     def get_seq_length(self) -> int:
-        return self.owner.length
+        return self.owner.span
 
     def get_max_length(self) -> int:
         return self.owner.capacity
@@ -141,8 +156,24 @@ class _Graph:
         self.graph, self.inputs, self.logits, self.rows = graph, inputs, logits, rows
 
 
+FREE, PAD = -1, -2  # request ids of a free slot and of the padding rows' scratch slots (seen by no request)
+
+
+@dataclass
+class Part:
+    """One request's tokens in a batched forward. rows: explicit bool [k, its slots so far + k] visibility in
+    the request's own feed order (PASTA), instead of the group/branch rule; only in a forward of one part."""
+
+    req: int
+    ids: list[int]
+    pos: list[int]
+    grp: list[int]
+    br: list[int]
+    rows: torch.Tensor | None = None
+
+
 class StaticKV:
-    """The fast path's cache: preallocated KV and slot tables, reused by every run of one engine."""
+    """The fast path's cache: preallocated KV and slot tables, shared by every request of one engine."""
 
     def __init__(self, eng: Any, capacity: int = 1024, *, bucketed: bool | None = None,
                  compile: bool | None = None):
@@ -158,103 +189,138 @@ class StaticKV:
         self.bucketed = (self.graphs_on or want) if bucketed is None else bucketed
         self.compiled = CompiledStep(self._step) if want and self.bucketed else None
         self.capture_seconds: dict[str, float] = {}  # per captured bucket: warm-up (compiling included) + capture
-        self.headroom = BUCKETS[-1] if self.bucketed else 0  # padding rows of the largest bucket
+        self.headroom = BUCKETS[-1] if self.bucketed else 0  # scratch slots for the largest bucket's padding
         cfg = eng.model.config.get_text_config() if hasattr(eng.model.config, "get_text_config") else eng.model.config
         self.layers = [_SlotLayer(self) for _ in range(cfg.num_hidden_layers)]
         self.cache = Cache(layers=self.layers)
         self._cache_kw = cache_kwargs(eng.model, self.cache)  # read once: compiled steps need no signature lookup
         self.capacity = 0
-        self.n = 0
         self.write = torch.empty(0, dtype=torch.long, device=eng.device)  # slots the current forward writes
         self.span = 0  # key slots the current forward reads
         self.graphs: dict[tuple[int, bool], _Graph] = {}  # (bucket, explicit rows)
         self.pool: Any = None
-        self._tables = torch.zeros(4, 0, dtype=torch.long, device=eng.device)  # pos, grp, br, slot index
-        self._grow(capacity)
+        self._tables = torch.zeros(5, 0, dtype=torch.long, device=eng.device)  # pos, grp, br, request, feed no.
+        self._free: list[int] = []  # a heap: the lowest free slot first keeps the used span short
+        self.owned: dict[int, list[int]] = {}  # request -> its slots in feed order
+        self.high = 0  # one past the highest slot in use (what a CPU step reads)
+        self._seq = 0  # feed numbers, increasing over all requests
+        self._next_req = 0
+        self._grow(capacity + self.headroom)  # `capacity` slots for requests, the headroom for padding
 
-    # ------------------------------------------------------------------ tables
+    # ------------------------------------------------------------------ the cache manager
 
     @property
     def length(self) -> int:
-        return self.n
+        """Slots in use by all requests."""
+        return sum(len(s) for s in self.owned.values())
 
     @property
-    def pos(self) -> torch.Tensor:
-        return self._tables[0, : self.n]
+    def free_slots(self) -> int:
+        return len(self._free)
 
-    @property
-    def grp(self) -> torch.Tensor:
-        return self._tables[1, : self.n]
+    def open(self) -> Slots:
+        """A new request with no slots yet."""
+        req = self._next_req
+        self._next_req += 1
+        self.owned[req] = []
+        return Slots(self, req)
 
-    @property
-    def br(self) -> torch.Tensor:
-        return self._tables[2, : self.n]
+    def close(self, req: int) -> None:
+        """The request ends: its slots are free again (their stale contents are invisible until rewritten)."""
+        slots = self.owned.pop(req, [])
+        if slots:
+            self._tables[3, torch.tensor(slots, dtype=torch.long, device=self.e.device)] = FREE
+            for s in slots:
+                heapq.heappush(self._free, s)
+            # A CPU step reads up to the highest slot in use: shrink it as requests leave.
+            self.high = max((max(s) for s in self.owned.values() if s), default=-1) + 1
 
-    def reset(self) -> None:
-        """Start a new run: every slot is free again (stale contents are invisible until overwritten)."""
-        self.n = 0
-
-    def reserve(self, tokens: int) -> None:
-        need = self.n + tokens + self.headroom
-        if need > self.capacity:
+    def _alloc(self, req: int, k: int) -> list[int]:
+        if k > len(self._free):
+            need = self.capacity - len(self._free) + k + self.headroom
             self._grow(max(2 * self.capacity, -(-need // 256) * 256))
+        out = [heapq.heappop(self._free) for _ in range(k)]
+        self.owned[req] += out
+        self.high = max(self.high, max(out, default=-1) + 1)
+        return out
 
     def _grow(self, capacity: int) -> None:
-        old = self._tables
-        self._tables = torch.zeros(4, capacity, dtype=torch.long, device=self.e.device)
-        self._tables[:, : old.shape[1]] = old
-        self._tables[3] = torch.arange(capacity, device=self.e.device)
+        old, old_cap = self._tables, self.capacity
+        self._tables = torch.zeros(5, capacity, dtype=torch.long, device=self.e.device)
+        self._tables[3] = FREE
+        self._tables[:, :old_cap] = old
+        scratch = range(old_cap - self.headroom, old_cap) if old_cap else range(0)
+        self._tables[3, list(scratch)] = FREE
+        for s in [*scratch, *range(old_cap, capacity - self.headroom)]:
+            heapq.heappush(self._free, s)
+        self._tables[3, capacity - self.headroom :] = PAD
         for layer in self.layers:
-            layer.grow(capacity, self.capacity)
+            layer.grow(capacity, old_cap)
         self.capacity = capacity
         self.graphs.clear()  # captured graphs point at the old buffers
         self.pool = None
 
-    # ------------------------------------------------------------------ steps
+    # ------------------------------------------------------------------ the model runner
 
     def _step(self, inputs: torch.Tensor, span: int, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """inputs [5, k]: ids, pos, grp, br, slot. Writes the tables and the cache at `slot`; reads `span` slots.
-        rows: explicit bool [k, span] visibility (PASTA) in place of the group/branch rule."""
+        """inputs [7, k]: ids, pos, grp, br, request, feed number, slot. Writes the tables and the cache at `slot`;
+        reads `span` slots. rows: explicit bool [k, span] visibility (PASTA) in place of the owner rule."""
         e = self.e
-        ids, pos, grp, br, slot = inputs
-        self._tables[:3].index_copy_(1, slot, inputs[1:4])
-        k_pos, k_grp, k_br, k_order = self._tables[:, :span]
+        ids, pos, grp, br, req, seq, slot = inputs
+        self._tables.index_copy_(1, slot, inputs[1:6])
+        k_pos, k_grp, k_br, k_req, k_seq = self._tables[:, :span]
         if rows is not None:
             allowed = lambda w: rows if w is None else rows & ((pos[:, None] - k_pos[None, :]) < w)  # noqa: E731
         else:
-            allowed = lambda w: visibility(grp, br, slot, k_grp, k_br, k_order, e.mask_mode,  # noqa: E731
-                                           q_pos=pos, k_pos=k_pos, window=w)
+            own = req[:, None] == k_req[None, :]  # a request's slots are visible to that request only
+            allowed = lambda w: own & visibility(grp, br, seq, k_grp, k_br, k_seq, e.mask_mode,  # noqa: E731
+                                                 q_pos=pos, k_pos=k_pos, window=w)
         mask = model_mask(e.windows, allowed, e.mask_dtype)
         self.write, self.span = slot, span
         out = e.model(input_ids=ids[None], position_ids=pos[None], attention_mask=mask, **self._cache_kw)
         return out.logits[0]
 
-    def _inputs(self, ids: list[int], pos: list[int], grp: list[int], br: list[int], rows: int) -> torch.Tensor:
-        """Host tensor [5, rows]: the real tokens, then padding rows (token 0 at position 0, main stream)."""
+    def _inputs(self, parts: Sequence[Part], slots: list[int], rows: int) -> torch.Tensor:
+        """Host tensor [7, rows]: the real tokens, then padding rows (token 0 at position 0 of the padding owner,
+        at the scratch slots)."""
+        ids, pos, grp, br, req = [], [], [], [], []
+        for p in parts:
+            ids += p.ids
+            pos += p.pos
+            grp += p.grp
+            br += p.br
+            req += [p.req] * len(p.ids)
         k = len(ids)
         pad = rows - k
+        scratch = list(range(self.capacity - self.headroom, self.capacity - self.headroom + pad))
+        seq = list(range(self._seq, self._seq + rows))
+        self._seq += rows
         return torch.tensor([ids + [0] * pad, pos + [0] * pad, grp + [MAIN] * pad, br + [MAIN] * pad,
-                             list(range(self.n, self.n + rows))], dtype=torch.long)
+                             req + [PAD] * pad, seq, slots + scratch], dtype=torch.long)
 
-    def _rows(self, rows: torch.Tensor, size: int, span: int) -> torch.Tensor:
-        """Explicit rows widened to [size, span]; a padding row sees only its own slot (no fully masked row)."""
+    def _rows(self, part: Part | None, slots: list[int], size: int, span: int) -> torch.Tensor:
+        """Explicit rows in slot columns [size, span]; a padding row sees only its own slot (no fully masked row)."""
         out = torch.zeros(size, span, dtype=torch.bool)
-        k, w = rows.shape
-        out[:k, :w] = rows.cpu()
+        k = 0
+        if part is not None and part.rows is not None:
+            k, w = part.rows.shape
+            cols = torch.tensor(self.owned[part.req][:w], dtype=torch.long)
+            out[:k, cols] = part.rows.cpu()
         for r in range(k, size):
-            out[r, self.n + r] = True
+            out[r, slots[r] if r < len(slots) else self.capacity - self.headroom + r - len(slots)] = True
         return out
 
-    def feed(self, ids: list[int], pos: list[int], grp: list[int], br: list[int],
-             rows: torch.Tensor | None = None) -> torch.Tensor:
-        """rows: explicit bool [k, slots fed so far + k] visibility (PASTA) instead of the group/branch rule."""
-        k = len(ids)
-        self.reserve(k)
-        explicit = rows is not None
+    def run(self, parts: Sequence[Part]) -> list[torch.Tensor]:
+        """One forward for the tokens of every part (one request each); returns each part's logits [k, V]."""
+        if any(p.rows is not None for p in parts) and len(parts) != 1:
+            raise ValueError("explicit visibility rows are only taken in a forward of one request")
+        k = sum(len(p.ids) for p in parts)
+        slots = [s for p in parts for s in self._alloc(p.req, len(p.ids))]
+        explicit = parts[0].rows is not None
         if self.bucketed and k <= BUCKETS[-1]:
             size = next(b for b in BUCKETS if b >= k)
-            padded = self._inputs(ids, pos, grp, br, size)
-            wide = self._rows(rows, size, self.capacity) if rows is not None else None
+            padded = self._inputs(parts, slots, size)
+            wide = self._rows(parts[0], slots, size, self.capacity) if explicit else None
             g = (self.graphs.get((size, explicit)) or self._capture(size, explicit)) if self.graphs_on else None
             if g is not None:
                 g.inputs.copy_(padded.pin_memory(), non_blocking=True)
@@ -265,13 +331,11 @@ class StaticKV:
             else:
                 dev = wide.to(self.e.device) if wide is not None else None
                 logits = self._bucket_step(padded.to(self.e.device), self.capacity, dev)[:k]
-            self.n += k
-            return logits
-        inputs = self._inputs(ids, pos, grp, br, k).to(self.e.device)
-        dev = self._rows(rows, k, self.n + k).to(self.e.device) if rows is not None else None
-        logits = self._step(inputs, self.n + k, dev)
-        self.n += k
-        return logits
+        else:
+            inputs = self._inputs(parts, slots, k).to(self.e.device)
+            dev = self._rows(parts[0], slots, k, self.high).to(self.e.device) if explicit else None
+            logits = self._step(inputs, self.high, dev)
+        return list(logits.split([len(p.ids) for p in parts]))
 
     def _bucket_step(self, inputs: torch.Tensor, span: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         """A bucketed step: compiled when the engine compiles (and compiling has not failed), else eager. The cache
@@ -303,10 +367,9 @@ class StaticKV:
             return None
 
     def _try_capture(self, size: int, explicit: bool) -> _Graph:
-        # Warm-up runs write padding-like rows at free slots: harmless, as every padding row is.
-        inputs = self._inputs([], [], [], [], size).to(self.e.device)
-        rows = self._rows(torch.zeros(0, 0, dtype=torch.bool), size, self.capacity).to(self.e.device) \
-            if explicit else None
+        # Warm-up runs write padding rows at the scratch slots: harmless, as every padding row is.
+        inputs = self._inputs([], [], size).to(self.e.device)
+        rows = self._rows(None, [], size, self.capacity).to(self.e.device) if explicit else None
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -319,3 +382,44 @@ class StaticKV:
         self.pool = graph.pool()
         self.graphs[(size, explicit)] = _Graph(graph, inputs, logits, rows)
         return self.graphs[(size, explicit)]
+
+
+class Slots:
+    """One request's view of a StaticKV: its slots' tables in feed order, and `feed` for a forward of its own."""
+
+    def __init__(self, kv: StaticKV, req: int):
+        self.kv, self.req = kv, req
+        self.cache = kv.cache
+
+    def _idx(self) -> torch.Tensor:
+        return torch.tensor(self.kv.owned[self.req], dtype=torch.long, device=self.kv.e.device)
+
+    @property
+    def length(self) -> int:
+        return len(self.kv.owned[self.req])
+
+    @property
+    def pos(self) -> torch.Tensor:
+        return self.kv._tables[0, self._idx()]
+
+    @property
+    def grp(self) -> torch.Tensor:
+        return self.kv._tables[1, self._idx()]
+
+    @property
+    def br(self) -> torch.Tensor:
+        return self.kv._tables[2, self._idx()]
+
+    def feed(self, ids: list[int], pos: list[int], grp: list[int], br: list[int],
+             rows: torch.Tensor | None = None) -> torch.Tensor:
+        """rows: explicit bool [k, slots fed so far + k] visibility (PASTA) instead of the group/branch rule."""
+        return self.kv.run([Part(self.req, ids, pos, grp, br, rows)])[0]
+
+    def reposition(self, idx: torch.Tensor, new_pos: torch.Tensor) -> None:
+        """Move the keys of this request's slots `idx` (feed order) to `new_pos` (RoPE re-rotation)."""
+        phys = self._idx()[idx]
+        rerotate_keys(self.kv.e.model, self.kv.cache, phys, self.kv._tables[0, phys], new_pos)
+        self.kv._tables[0, phys] = new_pos
+
+    def close(self) -> None:
+        self.kv.close(self.req)

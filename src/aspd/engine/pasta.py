@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from aspd.engine.kv import DynamicKV, StaticKV
+from aspd.engine.kv import DynamicKV, Slots
 from aspd.engine.sampling import MAIN_STREAM, BatchSampler, SamplingParams, Stream, StreamSampler
+from aspd.engine.types import Event, Generation, Limits, Stats
 from aspd.markup import Document, Serial
 from aspd.pasta.sync import SyncTracker, Tag, _Scope
 from aspd.pasta.tokens import PastaIds
 
 if TYPE_CHECKING:
-    from aspd.engine.core import Event, Generation, HybridEngine, Limits
+    from aspd.engine.core import HybridEngine
 
 MAX_DEPTH = 4  # nested scopes per stream
 
@@ -50,9 +51,7 @@ class _S:
 class PastaRun:
     def __init__(self, eng: HybridEngine, prompt: list[int], sp: SamplingParams, limits: Limits,
                  forced: list[int], on_event: Callable[[Event], None] | None, record: bool,
-                 kv: DynamicKV | StaticKV, sampler: StreamSampler | BatchSampler, promise_len: int = 1):
-        from aspd.engine.core import Stats
-
+                 kv: DynamicKV | Slots, sampler: StreamSampler | BatchSampler, promise_len: int = 1):
         self.e, self.prompt, self.sp, self.lim = eng, prompt, sp, limits
         self.forced, self.on_event, self.record = forced, on_event, record
         self.kv, self.sampler = kv, sampler
@@ -139,15 +138,11 @@ class PastaRun:
 
     def emit_token(self, s: _S, tok: int) -> None:
         if self.on_event is not None:
-            from aspd.engine.core import Event
-
             self.on_event(Event("token", s.key, tok, self.e.tokenizer.decode([tok])))
 
     # ------------------------------------------------------------------ main loop
 
     def execute(self) -> Generation:
-        from aspd.engine.core import Event, Generation
-
         e, lim, tg = self.e, self.lim, self.tags
         t0 = time.perf_counter()
         last = self.forward([(0, tok) for tok in self.prompt], prefill=True)[-1:]

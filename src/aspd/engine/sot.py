@@ -14,15 +14,18 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from aspd.engine.core import Event, Generation, HybridEngine, Limits, Stats
 from aspd.engine.sampling import SamplingParams
+from aspd.engine.types import Event, Generation, Limits, Stats
 from aspd.markup import Branch, Document, Group, Serial
 from aspd.sample import Message, end_of_turn_ids
 from aspd.tokens import text_ids
+
+if TYPE_CHECKING:
+    from aspd.engine.core import HybridEngine
 
 __all__ = [
     "SKELETON_MAX_TOKENS",

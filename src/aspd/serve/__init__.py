@@ -2,7 +2,7 @@
 
 Endpoints: POST /v1/chat/completions and /v1/completions (streaming or not), GET /v1/models, GET /health.
 Extension: a request's `aspd` object picks the decoding mode and limits; responses carry `aspd` stats,
-markup and raw token text. One model thread serves requests one at a time (FIFO, no batching).
+markup and raw token text. One model thread serves the requests with continuous batching (aspd.engine.batch).
 """
 
 from __future__ import annotations

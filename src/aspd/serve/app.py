@@ -2,7 +2,8 @@
 
 Threads: the event loop answers HTTP (health and model listing never wait on the model); one tokenizer
 thread turns requests into prompt ids with its own tokenizer copy (a prompt can be large, and the loop must
-not stall on it); one model thread (worker.py) runs generations one at a time, FIFO, with no batching.
+not stall on it); one model thread (worker.py) runs the generations, batched (continuous batching: every running
+request steps in one forward; the rest wait FIFO in a bounded queue).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from aspd.engine.batch import DEFAULT_MAX_BATCH, DEFAULT_MAX_SLOTS
 from aspd.engine.core import HybridEngine, Limits
 from aspd.engine.sampling import SamplingParams
 from aspd.sample import prompt_ids
@@ -107,10 +109,12 @@ class BearerAuth:
         await _error_response(err)(scope, receive, send)
 
 
-def create_app(served: ServedModel, *, max_queue: int = 16, api_key: str | None = None) -> FastAPI:
-    """`api_key`: when set, every route but /health requires it as a bearer token."""
+def create_app(served: ServedModel, *, max_queue: int = 16, api_key: str | None = None,
+               max_batch: int = DEFAULT_MAX_BATCH, max_slots: int = DEFAULT_MAX_SLOTS) -> FastAPI:
+    """`api_key`: when set, every route but /health requires it as a bearer token. `max_batch` requests run at
+    once (sharing each forward) within `max_slots` cache slots; up to `max_queue` more wait."""
     engine = served.engine
-    worker = Worker(engine, max_queue)
+    worker = Worker(engine, max_queue, max_batch=max_batch, max_slots=max_slots)
     front_tok = copy.deepcopy(engine.tokenizer)  # the model thread owns engine.tokenizer
     tok_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aspd-tokenize")
     vocab = len(front_tok)
@@ -148,8 +152,9 @@ def create_app(served: ServedModel, *, max_queue: int = 16, api_key: str | None 
     async def health() -> JSONResponse:
         ok = worker.alive()
         return JSONResponse(
-            {"status": "ok" if ok else "error", "model": served.model_id, "running": worker.running is not None,
-             "waiting": worker.waiting, "max_queue": worker.max_queue, "served": worker.served},
+            {"status": "ok" if ok else "error", "model": served.model_id, "running": worker.running,
+             "waiting": worker.waiting, "max_batch": worker.max_batch, "max_queue": worker.max_queue,
+             "served": worker.served},
             status_code=200 if ok else 503,
         )
 

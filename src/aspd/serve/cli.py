@@ -13,6 +13,8 @@ from typing import Any
 from aspd.cli import CLIError
 from aspd.engine.cli import DTYPES, add_engine_arg
 
+DEFAULT_MAX_BATCH, DEFAULT_MAX_SLOTS = 32, 1 << 15  # == aspd.engine.batch's; kept here so --help skips torch
+
 API_KEY_ENV = "ASPD_API_KEY"
 
 
@@ -22,8 +24,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "serve", help="serve a model over an OpenAI-compatible HTTP API",
         description="OpenAI-compatible server: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, "
-        "GET /health. Requests run one at a time on one model thread (FIFO, no batching); extra ones wait in "
-        "a bounded queue and get 503 + Retry-After when it is full.",
+        "GET /health. Up to --max-batch requests run at once on one model thread, every running request's "
+        "streams in one forward per step (continuous batching); extra ones wait in a bounded queue and get "
+        "503 + Retry-After when it is full.",
     )
     p.add_argument("--model", required=True, help="registry name (see `aspd models list`) or local HF folder")
     p.add_argument("--served-model-name", default=None,
@@ -35,7 +38,13 @@ def register(sub: Any) -> None:
                         f"default: ${API_KEY_ENV} if set, else no key. Prefer the variable: a flag is visible "
                         f"to other users in the process list")
     p.add_argument("--max-queue", type=int, default=16,
-                   help="requests allowed to wait behind the running one before 503 (default 16)")
+                   help="requests allowed to wait behind the running ones before 503 (default 16)")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                   help=f"requests decoded at once, sharing each forward (default {DEFAULT_MAX_BATCH}; 1: one at a "
+                        "time)")
+    p.add_argument("--max-cache-tokens", type=int, default=DEFAULT_MAX_SLOTS,
+                   help=f"KV cache slots the running requests may reserve together (each its prompt and "
+                        f"worst-case answer); a request that does not fit waits (default {DEFAULT_MAX_SLOTS})")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="default: bf16 on a capable GPU, else fp32")
     p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"), help="attention backend (default sdpa)")
@@ -110,17 +119,20 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_queue < 0:
         raise CLIError("--max-queue must be >= 0")
+    if args.max_batch < 1 or args.max_cache_tokens < 1:
+        raise CLIError("--max-batch and --max-cache-tokens must be >= 1")
     if not 0 <= args.port <= 65535:
         raise CLIError("--port must be in [0, 65535]")
     key = api_key(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sock = _bind(args.host, args.port)  # bind before the slow model load: a busy port fails fast
     served = load_served(args)
-    app = create_app(served, max_queue=args.max_queue, api_key=key)
+    app = create_app(served, max_queue=args.max_queue, api_key=key, max_batch=args.max_batch,
+                     max_slots=args.max_cache_tokens)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"aspd serve: {served.model_id} on http://{shown}:{port}/v1 (context {served.context}, "
-          f"max queue {args.max_queue}, {'API key required' if key else 'no API key'})", file=sys.stderr,
+          f"max batch {args.max_batch}, max queue {args.max_queue}, {'API key required' if key else 'no API key'})", file=sys.stderr,
           flush=True)
     config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5, access_log=False)
     uvicorn.Server(config).run(sockets=[sock])

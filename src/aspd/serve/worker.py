@@ -1,9 +1,10 @@
-"""The one model thread: a FIFO of jobs, one generation at a time, results handed back to the event loop.
+"""The one model thread: continuous batching of the jobs (`aspd.engine.batch`), results handed to the event loop.
 
-There is no cross-request batching: torch runs one request's decode at a time on one thread. Admission is
-counted here (running + waiting <= 1 + max_queue) so that the HTTP layer can answer 503 at once.
-All tokenizer work of a job (reading-order view, stop strings, rebuilding a stopped answer) happens on this
-thread too, so the engine's tokenizer is never used from two threads at once.
+Every running job's live streams step in one forward; jobs join and leave at step boundaries. Admission is
+counted here (running + waiting <= max_batch + max_queue) so that the HTTP layer can answer 503 at once; a job
+the batch or the cache cannot take yet waits in the queue. All tokenizer work of a job (reading-order view,
+stop strings, rebuilding a stopped answer) happens on this thread too, so the engine's tokenizer is never used
+from two threads at once.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aspd.engine.answer import AnswerBuilder
+from aspd.engine.batch import DEFAULT_MAX_BATCH, DEFAULT_MAX_SLOTS, BatchEngine, BatchRequest
 from aspd.engine.core import MAIN_STREAM, Event, Generation, HybridEngine, Limits, Stats
 from aspd.engine.sampling import SamplingParams
 from aspd.engine.stream import ReadingOrderView
@@ -183,6 +185,7 @@ class Job:
         self.items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.cancelled = threading.Event()
         self.state = "new"  # new | waiting | running | done | cancelled
+        self.started = 0.0
 
     def post(self, kind: str, value: Any = None) -> None:
         try:
@@ -192,17 +195,21 @@ class Job:
 
 
 class Worker:
-    """Runs jobs one at a time on a dedicated thread, first come first served."""
+    """Runs jobs on a dedicated thread, batched: up to `max_batch` at once, the rest first come first served."""
 
-    def __init__(self, engine: HybridEngine, max_queue: int):
+    def __init__(self, engine: HybridEngine, max_queue: int, *, max_batch: int = DEFAULT_MAX_BATCH,
+                 max_slots: int = DEFAULT_MAX_SLOTS):
         self.engine = engine
         self.max_queue = max_queue
+        self.max_batch = max_batch
+        self.batch = BatchEngine(engine, max_batch=max_batch, max_slots=max_slots)
         self.waiting = 0
-        self.running: Job | None = None
+        self.running = 0
         self.served = 0
         self.avg_seconds = 5.0  # moving average of job time, for Retry-After
         self._lock = threading.Lock()
         self._q: queue.Queue[Job | None] = queue.Queue()
+        self._jobs: set[Job] = set()  # running, for stop()
         self._thread = threading.Thread(target=self._loop, name="aspd-model", daemon=True)
 
     def start(self) -> None:
@@ -213,14 +220,14 @@ class Worker:
 
     def stop(self) -> None:
         with self._lock:
-            if self.running is not None:
-                self.running.cancelled.set()
+            for job in self._jobs:
+                job.cancelled.set()
         self._q.put(None)
 
     def submit(self, job: Job) -> bool:
-        """False when 1 running + max_queue waiting are already taken."""
+        """False when max_batch running + max_queue waiting are already taken."""
         with self._lock:
-            if self.waiting + (self.running is not None) >= 1 + self.max_queue:
+            if self.waiting + self.running >= self.max_batch + self.max_queue:
                 return False
             self.waiting += 1
             job.state = "waiting"
@@ -228,7 +235,7 @@ class Worker:
         return True
 
     def cancel(self, job: Job) -> None:
-        """A waiting job leaves the queue at once; a running one stops at its next token."""
+        """A waiting job leaves the queue at once; a running one stops at the next step."""
         with self._lock:
             if job.state == "waiting":
                 self.waiting -= 1
@@ -237,87 +244,130 @@ class Worker:
 
     def retry_after(self) -> int:
         with self._lock:
-            ahead = self.waiting + (self.running is not None)
-        return max(1, min(60, round(self.avg_seconds * ahead)))
+            ahead = self.waiting + self.running
+        rounds = -(-(ahead + 1) // self.max_batch)  # batches to go before a new request would start
+        return max(1, min(60, round(self.avg_seconds * rounds)))
 
     def _loop(self) -> None:
         while True:
-            job = self._q.get()
-            if job is None:
-                return
-            with self._lock:
-                if job.state != "waiting":
-                    continue
-                self.waiting -= 1
-                job.state = "running"
-                self.running = job
-            t0 = time.perf_counter()
-            kind, value = "cancelled", None
+            # Idle: sleep until a job comes. Busy: take whatever has come, between two steps.
+            jobs: list[Job | None] = []
             try:
-                value = self._run(job)
-                kind = "done" if value is not None else "cancelled"
+                jobs.append(self._q.get(block=not self.batch.busy))
+                while True:
+                    jobs.append(self._q.get_nowait())
+            except queue.Empty:
+                pass
+            for job in jobs:
+                if job is None:  # shutting down: every job still here leaves as cancelled
+                    for r in [*self.batch.running, *self.batch.waiting]:
+                        r.cancel()
+                    self.batch.step()
+                    return
+                self._admit(job)
+            self.batch.step()
+
+    def _admit(self, job: Job) -> None:
+        with self._lock:
+            if job.state != "waiting":
+                return  # cancelled while it waited
+        session = _Session(self.engine, job)
+        r = BatchRequest(job.req.ids, job.req.mode, job.req.sampling, job.req.limits, on_event=session.on_event,
+                         on_start=lambda _r: self._started(job), on_done=lambda r: self._done(job, session, r),
+                         cancelled=job.cancelled)
+        try:
+            self.batch.submit(r)
+        except Exception as e:  # noqa: BLE001 - a request the batch refuses fails alone
+            self._started(job)
+            r.error, r.done = e, True
+            self._done(job, session, r)
+
+    def _started(self, job: Job) -> None:
+        with self._lock:
+            if job.state == "waiting":
+                self.waiting -= 1
+            self.running += 1
+            job.state = "running"
+            job.started = time.perf_counter()
+            self._jobs.add(job)
+
+    def _done(self, job: Job, session: _Session, r: BatchRequest) -> None:
+        kind, value = "cancelled", None
+        if job.state == "running":
+            try:
+                kind, value = session.finish(r.result, r.error)
             except Exception as e:  # noqa: BLE001 - any failure goes back to the request, the thread lives on
                 log.exception("request %s failed", job.req.request_id)
                 kind, value = "error", e
-            finally:
-                # Free the slot before answering, so a client's next request never sees its own old job.
-                with self._lock:
-                    self.running = None
-                    job.state = "done"
-                    self.served += 1
-                    self.avg_seconds = 0.8 * self.avg_seconds + 0.2 * (time.perf_counter() - t0)
-            job.post(kind, value)
+        # Free the slot before answering, so a client's next request never sees its own old job.
+        with self._lock:
+            if job.state == "running":
+                self.running -= 1
+                self._jobs.discard(job)
+                self.served += 1
+                self.avg_seconds = 0.8 * self.avg_seconds + 0.2 * (time.perf_counter() - job.started)
+            elif job.state == "waiting":  # cancelled before it started
+                self.waiting -= 1
+            job.state = "done"
+        job.post(kind, value)
 
-    def _run(self, job: Job) -> GenResult | None:
-        e, req = self.engine, job.req
-        view = ReadingOrderView(e) if (req.stream or req.stops) else None
-        cutter = StopCutter(req.stops) if req.stops else None
-        per_stream = StreamText(e) if req.branch_deltas else None
-        events = EventLog(e, len(req.ids)) if req.stops else None
-        shown: list[str] = []
-        groups = -1
 
-        def on_event(ev: Event) -> None:
-            nonlocal groups
-            if job.cancelled.is_set():
-                raise _Abort
-            if ev.kind == "open":
-                groups += 1
-            if events is not None:
-                events.push(ev)
-            content = view.push(ev) if view is not None else ""
-            if cutter is not None:
-                content = cutter.push(content)
-            shown.append(content)
-            if req.stream and (content or (per_stream is not None and ev.kind in ("token", "open", "close"))):
-                stream = "main" if ev.stream == MAIN_STREAM else f"g{ev.stream[0]}b{ev.stream[1]}"
-                delta = per_stream.delta(ev) if per_stream is not None and ev.kind == "token" else ""
-                g = groups if ev.kind in ("open", "close") else None
-                job.post("chunk", Chunk(content, ev.kind, stream, delta, ev.titles, g))
-            if cutter is not None and cutter.hit and ev.kind != "done":
-                raise _StopHit
+class _Session:
+    """One job's view of its events: the reading-order text, stop strings, streamed chunks, the final result."""
 
-        gen: Generation | None = None
-        try:
-            gen = e.generate(req.ids, mode=req.mode, sampling=req.sampling, limits=req.limits, on_event=on_event)
-        except _Abort:
+    def __init__(self, engine: HybridEngine, job: Job):
+        req = job.req
+        self.e, self.job, self.req = engine, job, req
+        self.view = ReadingOrderView(engine) if (req.stream or req.stops) else None
+        self.cutter = StopCutter(req.stops) if req.stops else None
+        self.per_stream = StreamText(engine) if req.branch_deltas else None
+        self.events = EventLog(engine, len(req.ids)) if req.stops else None
+        self.shown: list[str] = []
+        self.groups = -1
+
+    def on_event(self, ev: Event) -> None:
+        req, job, cutter = self.req, self.job, self.cutter
+        if job.cancelled.is_set():
+            raise _Abort
+        if ev.kind == "open":
+            self.groups += 1
+        if self.events is not None:
+            self.events.push(ev)
+        content = self.view.push(ev) if self.view is not None else ""
+        if cutter is not None:
+            content = cutter.push(content)
+        self.shown.append(content)
+        per_stream = self.per_stream
+        if req.stream and (content or (per_stream is not None and ev.kind in ("token", "open", "close"))):
+            stream = "main" if ev.stream == MAIN_STREAM else f"g{ev.stream[0]}b{ev.stream[1]}"
+            delta = per_stream.delta(ev) if per_stream is not None and ev.kind == "token" else ""
+            g = self.groups if ev.kind in ("open", "close") else None
+            job.post("chunk", Chunk(content, ev.kind, stream, delta, ev.titles, g))
+        if cutter is not None and cutter.hit and ev.kind != "done":
+            raise _StopHit
+
+    def finish(self, gen: Generation | None, error: BaseException | None) -> tuple[str, Any]:
+        """(kind, value) for the event loop: done + GenResult, cancelled, or error."""
+        e, req, cutter = self.e, self.req, self.cutter
+        if isinstance(error, _Abort) or (gen is None and error is None):
             log.info("request %s cancelled (client disconnected)", req.request_id)
-            return None
-        except _StopHit:
-            pass
+            return "cancelled", None
+        if error is not None and not isinstance(error, _StopHit):
+            log.error("request %s failed", req.request_id, exc_info=error)
+            return "error", error
         if cutter is not None and not cutter.hit:
             tail = cutter.flush()
-            shown.append(tail)
+            self.shown.append(tail)
             if req.stream and tail:
-                job.post("chunk", Chunk(tail, "flush"))
+                self.job.post("chunk", Chunk(tail, "flush"))
         if gen is None:  # cut short by a stop string: rebuild what was generated from the events
-            assert events is not None
-            text = "".join(shown)
-            doc, ids, stats = events.finish(text)
+            assert self.events is not None
+            text = "".join(self.shown)
+            doc, ids, stats = self.events.finish(text)
             raw = e.tokenizer.decode(ids, skip_special_tokens=False)
-            return GenResult(text, "stop", len(req.ids), stats.tokens, stats.as_dict(),
-                             render_markup(doc), raw, True)
+            return "done", GenResult(text, "stop", len(req.ids), stats.tokens, stats.as_dict(),
+                                     render_markup(doc), raw, True)
         hit = cutter is not None and cutter.hit
-        text = "".join(shown) if hit else gen.text
-        return GenResult(text, "stop" if hit else gen.finish_reason, len(req.ids), gen.stats.tokens,
-                         gen.stats.as_dict(), render_markup(gen.doc), gen.raw, False)
+        text = "".join(self.shown) if hit else gen.text
+        return "done", GenResult(text, "stop" if hit else gen.finish_reason, len(req.ids), gen.stats.tokens,
+                                 gen.stats.as_dict(), render_markup(gen.doc), gen.raw, False)
