@@ -145,6 +145,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         # Laying out masks costs CPU time per step (O(tokens^2) per sample); on a GPU, worker processes build the
         # next batches while the current one runs. On the CPU they would only compete for the same cores.
         dataloader_num_workers=cfg.workers if cfg.workers is not None else (4 if torch.cuda.is_available() else 0),
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     resume = None
