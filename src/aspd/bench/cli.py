@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,31 @@ def _add_device(p: argparse.ArgumentParser, dtype_default: str = "auto") -> None
     p.add_argument("--dtype", default=dtype_default, choices=DTYPES,
                    help=f"default: {dtype_default}" + (" (bf16 on a capable GPU, else fp32)" if dtype_default == "auto"
                                                         else ""))
+
+
+def _add_judge_inputs(p: argparse.ArgumentParser) -> None:
+    """Where `bench quality` and `bench pairwise` find the judge prompts and reference answers."""
+    p.add_argument("--bench-dir", default=None, metavar="DIR",
+                   help="where judge_prompts.jsonl and reference_answer/ live (default: as for `bench speed`)")
+    p.add_argument("--reference", default=None, metavar="FILE",
+                   help="reference answers JSONL (default: reference_answer/<bench file stem>_gpt-4.jsonl)")
+
+
+def _judge_inputs(args: argparse.Namespace, results: dict[str, Any], load_prompts: Callable[[Path], Any]
+                  ) -> tuple[Path, Any, Path | None, dict[str, list[str]]]:
+    """(bench dir, its judge prompts as `load_prompts` reads them, reference file or None, references)."""
+    from aspd.bench.data import BenchDataError, find_bench_dir
+    from aspd.bench.quality import default_reference_file, load_references
+
+    try:
+        bench_dir = find_bench_dir(args.bench_dir)
+        prompts = load_prompts(bench_dir / "judge_prompts.jsonl")
+        ref_file = (Path(args.reference) if args.reference
+                    else default_reference_file(bench_dir, results.get("config", {}).get("bench_file")))
+        references = load_references(ref_file) if ref_file else {}
+    except BenchDataError as e:
+        raise CLIError(str(e)) from None
+    return bench_dir, prompts, ref_file, references
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -131,10 +157,7 @@ def register(sub: Any) -> None:
     p.add_argument("--judge-model", required=True, metavar="M", help="judge model name sent to the endpoint")
     p.add_argument("--api-key", default=None, metavar="KEY", help="bearer token (default: $OPENAI_API_KEY)")
     p.add_argument("--out", default=None, metavar="FILE", help="quality JSON (default: quality.json beside --answers)")
-    p.add_argument("--bench-dir", default=None, metavar="DIR",
-                   help="where judge_prompts.jsonl and reference_answer/ live (default: as for `bench speed`)")
-    p.add_argument("--reference", default=None, metavar="FILE",
-                   help="reference answers JSONL (default: reference_answer/<bench file stem>_gpt-4.jsonl)")
+    _add_judge_inputs(p)
     p.add_argument("--concurrency", type=int, default=8, metavar="N", help="requests in flight (default 8)")
     p.add_argument("--retries", type=int, default=2, metavar="N",
                    help="extra judge calls per answer after an unparseable reply (fresh seed each), and extra "
@@ -167,10 +190,7 @@ def register(sub: Any) -> None:
     p.add_argument("--model", default=None, metavar="LABEL", help="label of the judged model (default: the first)")
     p.add_argument("--baseline", default=None, metavar="LABEL",
                    help="label it is compared with (default: the first baseline)")
-    p.add_argument("--bench-dir", default=None, metavar="DIR",
-                   help="where judge_prompts.jsonl and reference_answer/ live (default: as for `bench speed`)")
-    p.add_argument("--reference", default=None, metavar="FILE",
-                   help="reference answers JSONL (default: reference_answer/<bench file stem>_gpt-4.jsonl)")
+    _add_judge_inputs(p)
     p.add_argument("--out", default=None, metavar="FILE",
                    help="pairwise JSON (default: pairwise_MODEL_vs_BASELINE.json beside --answers)")
     _add_device(p)
@@ -363,12 +383,9 @@ def _load_answers(path: Path) -> dict[str, Any]:
 def _cmd_quality(args: argparse.Namespace) -> int:
     import asyncio
 
-    from aspd.bench.data import BenchDataError, find_bench_dir
     from aspd.bench.quality import (
-        default_reference_file,
         judge_rows,
         load_judge_prompts,
-        load_references,
         quality_summary,
         quality_table,
     )
@@ -391,14 +408,7 @@ def _cmd_quality(args: argparse.Namespace) -> int:
     if args.limit is not None:
         keep = set(list(dict.fromkeys(str(r.get("id")) for r in rows))[: args.limit])
         rows = [r for r in rows if str(r.get("id")) in keep]
-    try:
-        bench_dir = find_bench_dir(args.bench_dir)
-        prompts = load_judge_prompts(bench_dir / "judge_prompts.jsonl")
-        ref_file = (Path(args.reference) if args.reference
-                    else default_reference_file(bench_dir, results.get("config", {}).get("bench_file")))
-        references = load_references(ref_file) if ref_file else {}
-    except BenchDataError as e:
-        raise CLIError(str(e)) from None
+    bench_dir, prompts, ref_file, references = _judge_inputs(args, results, load_judge_prompts)
     if ref_file is None:
         print("aspd: note: no reference answers found; math/reasoning/coding use the plain prompts",
               file=sys.stderr)
@@ -441,10 +451,8 @@ def _cmd_quality(args: argparse.Namespace) -> int:
 def _cmd_pairwise(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
-    from aspd.bench.data import BenchDataError, find_bench_dir
     from aspd.bench.nll import load_reference
     from aspd.bench.pairwise import judge_pairs, load_pair_prompts, pairs, pairwise_summary
-    from aspd.bench.quality import default_reference_file, load_references
     from aspd.bench.report import command_line
 
     path = Path(args.answers)
@@ -460,14 +468,7 @@ def _cmd_pairwise(args: argparse.Namespace) -> int:
     assert model is not None and baseline is not None
     if not pairs(rows, model, baseline):
         raise CLIError(f"{path}: {model!r} and {baseline!r} answered no question in common")
-    try:
-        bench_dir = find_bench_dir(args.bench_dir)
-        prompts = load_pair_prompts(bench_dir / "judge_prompts.jsonl")
-        ref_file = (Path(args.reference) if args.reference
-                    else default_reference_file(bench_dir, results.get("config", {}).get("bench_file")))
-        references = load_references(ref_file) if ref_file else {}
-    except BenchDataError as e:
-        raise CLIError(str(e)) from None
+    bench_dir, prompts, ref_file, references = _judge_inputs(args, results, load_pair_prompts)
     device = _device(args.device)
     hf_logging.set_verbosity_error()
     try:
