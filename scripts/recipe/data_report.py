@@ -1,6 +1,6 @@
 """The tables of docs/results/data.md, from the committed summaries of issue 17's data (and samples, if given).
 
-Usage: python scripts/recipe/data_report.py [--transform FULL_TRANSFORM.jsonl] [--judged JUDGED.jsonl] > tables.md
+Usage: python scripts/recipe/data_report.py [--transform FULL_TRANSFORM.jsonl] [--judged JUDGED.jsonl [--judged-hours H]] > tables.md
 Reads data/prompts/reports/*.json and data/teacher/* (judged_rules_likelihood.json: `judged_summary` below). With --transform (the full `aspd transform`
 output, candidates included), it also draws ten accepted and ten rejected samples (seed 0) with their reasons;
 --judged adds samples the likelihood judge turned back.
@@ -136,11 +136,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--transform", default=None)
     ap.add_argument("--judged", default=None)
+    ap.add_argument("--judged-hours", type=float, default=None,
+                    help="with --judged: (re)write data/teacher/judged_rules_likelihood.json from it, the run having "
+                         "taken this many hours")
     args = ap.parse_args()
+    judged = ROOT / "data/teacher/judged_rules_likelihood.json"
+    if args.judged and args.judged_hours:
+        judged.write_text(json.dumps(judged_summary(args.judged, args.judged_hours), indent=1) + "\n")
     parts = ["## Prompts", "", prompts_section(), "", "## Teacher answers", "", answers_section(), "",
              "## Rewriters", "", transform_section(ROOT / "data/teacher/transform_rules.summary.json",
                                                     "Rules, no judge (all answers)")]
-    judged = ROOT / "data/teacher/judged_rules_likelihood.json"
     if judged.exists():
         j = json.loads(judged.read_text())
         parts += ["", "### Rules + the likelihood judge under SmolLM2-135M (the first rule-parallel samples)", "",
