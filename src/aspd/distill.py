@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from aspd.cli import CLIError
-from aspd.jsonl import JsonlReader, RecordIds, read_appended, record_id
+from aspd.jsonl import JsonlReader, RecordIds, read_appended
 
 PARALLEL_STYLE = (
     "You are a careful, helpful assistant. If a question asks about several separate aspects, options, "
@@ -166,16 +166,16 @@ def read_prompts(path: str, limit: int | None = None, *, skip_bad_lines: bool = 
 
 
 def done_ids(path: Path) -> set[str]:
-    """Ids already written; a torn last line (a killed run) is cut off the file."""
+    """Ids already written (each line a `DistillAnswer`); a torn last line (a killed run) is cut off the file."""
+    from aspd.records import DistillAnswer, RecordError
+
     ids = set()
     for lineno, obj in read_appended(path, repair=True, error=CLIError):
         try:
-            rid = record_id(obj) if isinstance(obj, dict) else None
-        except ValueError:
-            rid = None
-        if rid is None:
-            raise CLIError(f"{path}:{lineno}: not an output line with an id; fix or remove it before resuming")
-        ids.add(rid)
+            ids.add(DistillAnswer.read(obj).id)
+        except RecordError as e:
+            raise CLIError(f"{path}:{lineno}: not a distill output line ({e}); fix or remove it before resuming"
+                           ) from None
     return ids
 
 

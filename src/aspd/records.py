@@ -6,11 +6,18 @@ into the one-line message a `file:line` error carries.
   `chat_record` picks the one a record is (distill prompts, transform samples, training data, PASTA data);
 - `QuestionTurns`: a bench question, {turns: [...]} or {question | prompt}.
 
+And the records aspd writes and reads back (`--resume`, conversion, summaries):
+
+- `TransformOutput`: a line of `aspd transform`'s output, {id, parallel?, markup?, candidates?, stats?};
+- `DistillAnswer`: a line of `aspd distill`'s output (or its dropped file), {id, answer, finish?}.
+
 Other fields are kept (`extra="allow"`): records carry ids, sources and categories through the tools.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any, ClassVar
 
 from pydantic import (
@@ -18,13 +25,19 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     StrictStr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-__all__ = ["MessagesRecord", "QuestionRecord", "QuestionTurns", "RecordError", "chat_record", "question_turns"]
+from aspd.jsonl import record_id
+
+__all__ = ["DistillAnswer", "MessagesRecord", "QuestionRecord", "QuestionTurns", "RecordError", "TransformOutput",
+           "chat_record", "question_turns"]
 
 
 class RecordError(ValueError):
@@ -43,9 +56,21 @@ class _Record(BaseModel):
         try:
             return cls.model_validate(obj)
         except ValidationError as e:
-            err = e.errors()[0]
-            field = cls._field_of(str(err["loc"][0])) if err["loc"] else ""
-            raise RecordError(cls.problems.get(field) or str(err["msg"]).removeprefix("Value error, ")) from None
+            raise RecordError(cls._problem(e.errors()[0])) from None
+
+    @classmethod
+    def _problem(cls, err: Any) -> str:
+        field = cls._field_of(str(err["loc"][0])) if err["loc"] else ""
+        if cls.problems.get(field):
+            return cls.problems[field]
+        where = ".".join(str(k) for k in err["loc"])
+        if err["type"] == "value_error" or not where:  # our own validators write whole messages
+            return str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "missing":
+            return f"missing '{where}'"
+        msg = re.sub(r" or instance of \w+", "", str(err["msg"]))  # a dict, not "an instance of TransformStats"
+        got = json.dumps(err["input"], ensure_ascii=False, default=str)
+        return f"'{where}': {msg[:1].lower()}{msg[1:]}, got {got[:40]}"
 
     @classmethod
     def _field_of(cls, key: str) -> str:
@@ -151,3 +176,60 @@ class QuestionTurns(_Record):
 def question_turns(obj: Any) -> tuple[str, ...]:
     """A bench question's turns; RecordError saying what is wrong."""
     return tuple(QuestionTurns.read(obj).turns)
+
+
+# ------------------------------------------------------------------------------------ records aspd writes
+
+
+class _Written(_Record):
+    id: str  # as `aspd.jsonl.record_id` reads it: a non-empty string or an integer, never null
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id(cls, value: Any) -> str | None:
+        return record_id({"id": value})
+
+
+class _Counts(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class TransformStats(_Counts):
+    """The per-sample counts `aspd.pipeline.runner.summarize` adds up (a null dict or list is an empty one)."""
+    candidates: StrictInt = 0
+    passed_checks: StrictInt = 0
+    passed_independence: StrictInt = 0
+    passed_integrity: StrictInt = 0
+    passed_answer: StrictInt = 0
+    llm_calls: StrictInt = 0
+    cache_hits: StrictInt = 0
+    prompt_tokens: StrictInt = 0
+    completion_tokens: StrictInt = 0
+    groups: StrictInt = 0
+    branches: StrictInt = 0
+    serial_words: StrictInt = 0
+    parallel_words: StrictInt = 0
+    groups_proposed: StrictInt = 0
+    dp: StrictFloat = 0.0
+    drops: dict[str, StrictInt] | None = None
+    failures: dict[str, StrictInt] | None = None
+    skipped_stages: list[StrictStr] | None = None
+
+
+class TransformCandidate(_Counts):
+    checks: dict[str, dict[str, Any]] | None = None  # check name -> {ok, ...}
+    reached: list[StrictStr] | None = None  # the stages it passed
+
+
+class TransformOutput(_Written):
+    """One line of `aspd transform`'s output: the input record plus what the pipeline made of it. Markup is
+    checked where it is used (`aspd.pipeline.convert`), which skips a record it cannot use."""
+    parallel: StrictBool = False
+    candidates: list[TransformCandidate] | None = None
+    stats: TransformStats | None = None
+
+
+class DistillAnswer(_Written):
+    """One line of `aspd distill`'s output: the prompt record plus the answer and why generation stopped."""
+    answer: StrictStr
+    finish: StrictStr = "stop"  # "stop", or "length" for an answer the length limit cut

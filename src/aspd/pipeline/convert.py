@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aspd.markup import MarkupError, flatten, parse
-from aspd.pipeline.runner import InputError, Report, _stderr, read_output, sample_from_record
+from aspd.pipeline.runner import InputError, Report, _stderr, output_lines, sample_from_record
 
 __all__ = ["convert", "training_records"]
 
@@ -49,10 +49,10 @@ def convert(output_path: str | Path, aspd_path: str | Path | None = None, seq_pa
         raise InputError("nothing to write: give --aspd and/or --seq")
     if not Path(output_path).exists():
         raise InputError(f"cannot read {output_path}: no such file")
-    records = read_output(output_path, report=report)
+    records = output_lines(output_path, report=report)
     counts = {"records": len(records), "written": 0, "parallel": 0, "skipped": 0}
     pairs: list[_Pair] = []
-    for i, rec in enumerate(records, 1):
+    for i, rec in records:
         if parallel_only and not rec.get("parallel"):
             continue
         try:

@@ -22,10 +22,11 @@ from typing import Any
 from aspd.jsonl import JsonlReader, RecordIds, line_id, read_appended, record_id
 from aspd.pipeline.stages import StageConfig, process_sample
 from aspd.pipeline.types import Judge, Rewriter, Sample
+from aspd.records import RecordError, TransformOutput
 from aspd.sample import record_messages
 
-__all__ = ["InputError", "RunConfig", "read_output", "read_samples", "run_transform", "sample_from_record",
-           "summarize", "transform"]
+__all__ = ["InputError", "RunConfig", "output_lines", "read_output", "read_samples", "run_transform",
+           "sample_from_record", "summarize", "transform"]
 
 Report = Callable[[str], None]
 
@@ -98,14 +99,23 @@ def read_samples(path: str | Path, *, strict: bool = False, report: Report = _st
 
 
 def read_output(path: str | Path, *, repair: bool = False, report: Report = _stderr) -> list[dict[str, Any]]:
-    """The records of an output file. A torn last line (a run killed mid-write) is dropped, and with
-    `repair` cut off the file so appends start on a fresh line; a bad line elsewhere is an error."""
-    records: list[dict[str, Any]] = []
-    for lineno, obj in read_appended(path, repair=repair, report=report, error=InputError):
-        if not isinstance(obj, dict) or "id" not in obj:
-            raise InputError(f"{path}:{lineno}: not a valid output line; fix or remove it before resuming")
-        records.append(obj)
-    return records
+    """The records of an output file (see `TransformOutput`). A torn last line (a run killed mid-write) is
+    dropped, and with `repair` cut off the file so appends start on a fresh line; a bad line elsewhere is an
+    error."""
+    return [rec for _, rec in output_lines(path, repair=repair, report=report)]
+
+
+def output_lines(path: str | Path, *, repair: bool = False, report: Report = _stderr
+                 ) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) per record of an output file; see `read_output`."""
+    lines = read_appended(path, repair=repair, report=report, error=InputError)
+    for lineno, obj in lines:
+        try:
+            TransformOutput.read(obj)
+        except RecordError as e:
+            raise InputError(f"{path}:{lineno}: not a valid output line ({e}); fix or remove it before resuming"
+                             ) from None
+    return lines
 
 
 def _needs_retry(rec: dict[str, Any]) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 
 from aspd.prompts.seeds import EXAMPLES
 from aspd.prompts.text import exact_key
+from aspd.records import DistillAnswer, RecordError
 
 MIN_CHARS, MIN_WORDS = 12, 3
 MAX_CHARS = {"extraction": 1400, "coding": 1400}  # these may carry a text or a snippet
@@ -131,17 +132,18 @@ def collect(rows: list[tuple[str, dict[str, Any]]]) -> Collected:
     """Prompt records from answered requests; rows are (where, record) for error messages."""
     out = Collected()
     for where, obj in rows:
-        for key in ("id", "category", "answer"):
-            if key not in obj:
-                raise ValueError(f"{where}: missing '{key}' (expected a record written by `aspd distill`)")
-        if not isinstance(obj["answer"], str):
-            raise ValueError(f"{where}: 'answer' must be a string")
+        try:
+            reply = DistillAnswer.read(obj)
+        except RecordError as e:
+            raise ValueError(f"{where}: {e} (expected a record written by `aspd distill`)") from None
+        if "category" not in obj:
+            raise ValueError(f"{where}: missing 'category' (expected a record written by `aspd distill`)")
         category = str(obj["category"])
-        text, reason = clean_reply(obj["answer"], category, str(obj.get("finish", "stop")))
+        text, reason = clean_reply(reply.answer, category, reply.finish)
         out.reasons[reason] += 1
         out.by_category.setdefault(category, Counter())[reason] += 1
         if text is not None:
-            out.records.append({"id": str(obj["id"]), "source": str(obj.get("source", "aspd-synth")),
+            out.records.append({"id": reply.id, "source": str(obj.get("source", "aspd-synth")),
                                 "category": category, "multipart": bool(obj.get("multipart", False)),
                                 "prompt": text})
     return out
