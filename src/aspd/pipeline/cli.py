@@ -89,6 +89,8 @@ def register(sub: Any) -> None:
                     help="likelihood judge: max NLL rise in nats/token (default: the judge's own)")
     be.add_argument("--device", default=None, help="for local / likelihood models: cpu, cuda, ...")
     be.add_argument("--dtype", default="auto", help="for the local model (default auto)")
+    be.add_argument("--no-batching", action="store_true",
+                    help="local backend: one request at a time through generate, not aspd's continuous batching")
 
     sa = p.add_argument_group("sampling and requests")
     sa.add_argument("--temperature", type=float, default=0.7, help="rewrite temperature (default 0.7)")
@@ -182,7 +184,7 @@ def _local(args: argparse.Namespace, prompts: Any) -> Any:
         kw["judge_max_new_tokens"] = args.judge_max_tokens
     return LocalBackend(args.local_model, prompts=prompts, device=args.device, dtype=args.dtype,
                         temperature=args.temperature, judge_temperature=args.judge_temperature, top_p=args.top_p,
-                        seed=args.seed, **kw)
+                        seed=args.seed, batching=not args.no_batching, **kw)
 
 
 def _likelihood_options(args: argparse.Namespace) -> dict[str, Any]:
