@@ -12,15 +12,13 @@ both, and a tie otherwise (a tie verdict, or the two orders disagreeing: positio
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from aspd.bench.data import BenchDataError, read_jsonl
 from aspd.bench.nll import visible_text
-from aspd.bench.quality import REF_CATEGORIES
+from aspd.bench.quality import REF_CATEGORIES, JudgePrompt, load_judge_prompts
 from aspd.sample import prompt_ids
 from aspd.tokens import text_ids
 
@@ -29,26 +27,9 @@ PAIR_PROMPTS = ("pair-v2", "pair-math-v1", "pair-v2-multi-turn", "pair-math-v1-m
 VERDICTS = ("A", "B", "C")
 
 
-@dataclass(frozen=True)
-class PairPrompt:
-    name: str
-    system_prompt: str
-    prompt_template: str
-
-
-def load_pair_prompts(path: str | Path) -> dict[str, PairPrompt]:
+def load_pair_prompts(path: str | Path) -> dict[str, JudgePrompt]:
     """The four pairwise prompts of a FastChat judge_prompts.jsonl, by name."""
-    out: dict[str, PairPrompt] = {}
-    for n, obj in read_jsonl(Path(path)):
-        try:
-            if obj.get("name") in PAIR_PROMPTS:
-                out[obj["name"]] = PairPrompt(obj["name"], obj["system_prompt"], obj["prompt_template"])
-        except (KeyError, TypeError, AttributeError) as e:
-            raise BenchDataError(f"{path}:{n}: not a judge prompt ({type(e).__name__}: {e})") from None
-    missing = [k for k in PAIR_PROMPTS if k not in out]
-    if missing:
-        raise BenchDataError(f"{path}: missing judge prompt(s) {missing}")
-    return out
+    return load_judge_prompts(path, PAIR_PROMPTS)
 
 
 def pairs(rows: Sequence[Row], model: str, baseline: str) -> list[tuple[Row, Row]]:
@@ -57,7 +38,7 @@ def pairs(rows: Sequence[Row], model: str, baseline: str) -> list[tuple[Row, Row
     return [(r, base[k]) for r in rows if r["label"] == model and (k := (r["id"], r.get("turn", 1), r.get("seed"))) in base]
 
 
-def pair_messages(a: Row, b: Row, prompts: dict[str, PairPrompt],
+def pair_messages(a: Row, b: Row, prompts: dict[str, JudgePrompt],
                   references: dict[str, list[str]]) -> tuple[str, list[dict[str, str]]]:
     """(prompt name, judge messages) with `a` as assistant A and `b` as assistant B; ValueError if not gradable."""
     turn = int(a.get("turn", 1))
@@ -118,7 +99,7 @@ def combine(first: str, second: str) -> str:
 
 
 def judge_pairs(model: Any, tokenizer: Any, rows: Sequence[Row], model_label: str, baseline_label: str,
-                prompts: dict[str, PairPrompt], references: dict[str, list[str]], *,
+                prompts: dict[str, JudgePrompt], references: dict[str, list[str]], *,
                 on_pair: Callable[[Row], None] | None = None) -> list[Row]:
     """One record per question and turn: both orders' verdicts and log-likelihoods, and the outcome."""
     out: list[Row] = []

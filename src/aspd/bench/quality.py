@@ -70,17 +70,18 @@ class JudgePrompt:
     prompt_template: str
 
 
-def load_judge_prompts(path: str | Path) -> dict[str, JudgePrompt]:
-    """The single-answer prompts in a FastChat judge_prompts.jsonl, by name (all four must be there)."""
+def load_judge_prompts(path: str | Path, names: Sequence[str] = PROMPT_NAMES) -> dict[str, JudgePrompt]:
+    """The prompts `names` (default: the four single-answer ones) of a FastChat judge_prompts.jsonl, by name;
+    every one must be there."""
     p = Path(path)
     out: dict[str, JudgePrompt] = {}
     for n, obj in read_jsonl(p):
         try:
-            if obj.get("name") in PROMPT_NAMES:
+            if obj.get("name") in names:
                 out[obj["name"]] = JudgePrompt(obj["name"], obj["system_prompt"], obj["prompt_template"])
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise BenchDataError(f"{p}:{n}: not a judge prompt ({type(e).__name__}: {e})") from None
-    missing = [k for k in PROMPT_NAMES if k not in out]
+    missing = [k for k in names if k not in out]
     if missing:
         raise BenchDataError(f"{p}: missing judge prompt(s) {missing}")
     return out
