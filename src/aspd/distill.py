@@ -268,20 +268,12 @@ def _generate_aspd(model: Any, tok: Any, encoded: Encoded, cfg: Any, args: argpa
                    deadline: float | None) -> Iterator[tuple[dict[str, Any], list[int]]]:
     """aspd's continuous batching (`aspd.engine.batch`): serial answers, up to --batch-size at once, each with its
     own seed (--seed + its index); answers come back as they finish."""
-    import copy
-
     from aspd.engine.batch import BatchEngine, BatchRequest
-    from aspd.engine.core import HybridEngine
     from aspd.engine.sampling import SamplingParams
     from aspd.engine.types import Limits
-    from aspd.tokens import add_control_tokens
 
-    # The engine needs rows for its control tokens; a copy of the tokenizer leaves the caller's decode as it was,
-    # and a serial answer's control tokens (never trained, rarely sampled) are dropped.
-    vocab = len(tok)
-    engine_tok = copy.deepcopy(tok)
-    add_control_tokens(engine_tok, model)
-    batch = BatchEngine(HybridEngine(model, engine_tok), max_batch=args.batch_size)
+    vocab = len(tok)  # a serial answer's control tokens (never trained, rarely sampled) are dropped
+    batch = BatchEngine.for_plain_model(model, tok, max_batch=args.batch_size)
     finished: list[tuple[dict[str, Any], BatchRequest]] = []
     limits = Limits(max_new_tokens=args.max_new_tokens)
     for i, (obj, ids) in enumerate(encoded):

@@ -98,6 +98,20 @@ class BatchEngine:
         self.steps = 0
         self.forward_seconds = 0.0
 
+    @classmethod
+    def for_plain_model(cls, model: Any, tokenizer: Any, *, max_batch: int = DEFAULT_MAX_BATCH) -> BatchEngine:
+        """Batching for serial answers of a model that has no control tokens (a teacher, a rewriter): the engine
+        needs rows for them, so they are added to the model and to a copy of the tokenizer, which leaves the
+        caller's tokenizer, and so its prompts and decoding, as they were. Ids >= len(tokenizer) in an answer
+        are those tokens (never trained; callers drop them)."""
+        import copy
+
+        from aspd.tokens import add_control_tokens
+
+        engine_tok = copy.deepcopy(tokenizer)
+        add_control_tokens(engine_tok, model)
+        return cls(HybridEngine(model, engine_tok), max_batch=max_batch)
+
     @property
     def busy(self) -> bool:
         return bool(self.waiting or self.running)

@@ -205,18 +205,11 @@ class LocalBackend(ChatBackend):
             for i in range(count)]
 
     def _make_engine(self) -> Any:
-        import copy
-
         from aspd.engine.batch import BatchEngine
-        from aspd.engine.core import HybridEngine
-        from aspd.tokens import add_control_tokens
 
         try:
-            # The engine needs rows for its control tokens (at the mean embedding, so greedy never picks them);
-            # a copy of the tokenizer leaves ours, and so the prompts and replies, as they were.
-            engine_tok = copy.deepcopy(self.tokenizer)
-            add_control_tokens(engine_tok, self.model)
-            return BatchEngine(HybridEngine(self.model, engine_tok), max_batch=self.max_batch)
+            # The control-token rows it adds sit at the mean embedding, so greedy decoding never picks them.
+            return BatchEngine.for_plain_model(self.model, self.tokenizer, max_batch=self.max_batch)
         except Exception as e:  # noqa: BLE001 - e.g. an architecture without 4D masks: generate still works
             log.warning("continuous batching is unavailable for %s (%s: %s); generating one request at a time",
                         self.source, type(e).__name__, e)
