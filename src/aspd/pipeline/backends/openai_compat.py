@@ -4,9 +4,7 @@ hosted APIs), with a concurrency limit, retries, timeouts and an on-disk reply c
 Requests go through `openai.AsyncOpenAI` (its connection pool, timeouts, auth and error types). Its own
 retries are off (`max_retries=0`) and the loop here retries instead: the client's backoff (0.5 s doubling to
 8 s) cannot be set, and its retries are invisible, while a transform run counts every attempt's failure by
-kind and takes `--backoff`/`--backoff-max`. Measured on the fault-injecting endpoint of the tests (a 1 s
-timeout, then 500, dropped connection, 503, 500, 500): the client's own retries took 22.6 s, this loop 1.5 s.
-The loop also retries replies the client accepts but a run cannot use (no choices).
+kind and takes `--backoff`/`--backoff-max`. The loop also retries replies the client accepts but a run cannot use (no choices).
 """
 
 from __future__ import annotations
