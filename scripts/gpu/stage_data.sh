@@ -12,21 +12,29 @@
 #   transform  rules + span replies as candidates, cheap checks, the likelihood judge under the target model
 # .xfer/data (carried once, with setup) holds train_prompts.jsonl (the shared prompts), synth_requests.jsonl.gz and
 # chatterbot_prompts.jsonl.gz (data/prompts/) and bench/ (vicuna, mt_bench, rag_bench); setup copies it to
-# /root/work/in. LIMIT=N answers only N requests per step (a dry run).
+# /root/work/in; .xfer/data/prev/{synth_answered,answers,answers_dropped}.jsonl.gz, if carried, are the last lease's
+# state for --resume. LIMIT=N answers only N requests per step (a dry run). ENGINE (default aspd: aspd's continuous
+# batching) and BATCH (default 128 answers at once) choose how distill batches.
 set -euo pipefail
 step=$1 budget=${2:-540}
 teacher=${TEACHER:-qwen2.5-coder-1.5b} judge=${JUDGE:-smollm2-135m}
-export PYTHONPATH=$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 ASPD_CACHE=/root/cache TOKENIZERS_PARALLELISM=false
-w=/root/work
+export PYTHONPATH=$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 ASPD_CACHE=${ASPD_CACHE:-/root/cache} TOKENIZERS_PARALLELISM=false
+w=${W:-/root/work}
 mkdir -p "$w"
 x=$w/in
 lim=(${LIMIT:+--limit $LIMIT})
+eng=(--engine "${ENGINE:-aspd}" --batch-size "${BATCH:-128}")
 aspd() { python3 -m aspd.cli "$@"; }
 quiet() { tr '\r' '\n' | grep -v -E "it/s\]|s/it\]|^\s*$" | tail -"${1:-6}"; }
 case "$step" in
 setup)
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .xfer/whl/*.whl
   mkdir -p $x && cp -r .xfer/data/. $x/
+  prev=$x/prev  # the last lease's outputs, so that --resume skips what was answered then
+  [ -s $w/synth_answered.jsonl ] || [ ! -f $prev/synth_answered.jsonl.gz ] || gzip -dc $prev/synth_answered.jsonl.gz > $w/synth_answered.jsonl
+  [ -s $w/answers.jsonl ] || [ ! -f $prev/answers.jsonl.gz ] || gzip -dc $prev/answers.jsonl.gz > $w/answers.jsonl
+  [ -s $w/answers.jsonl.dropped.jsonl ] || [ ! -f $prev/answers_dropped.jsonl.gz ] \
+    || gzip -dc $prev/answers_dropped.jsonl.gz > $w/answers.jsonl.dropped.jsonl
   for m in "$teacher" ${JUDGE:+"$judge"}; do
     [ -d "$ASPD_CACHE/models/$m" ] || aspd models fetch "$m" --gguf "/root/models/$m.gguf" --dtype bfloat16 -q
   done
@@ -34,7 +42,7 @@ setup)
 synth)
   [ -s $w/synth_requests.jsonl ] || gzip -dc $x/synth_requests.jsonl.gz > $w/synth_requests.jsonl
   touch $w/synth_answered.jsonl
-  aspd distill --resume --model "$teacher" --prompts $w/synth_requests.jsonl --output $w/synth_answered.jsonl "${lim[@]}" \
+  aspd distill --resume --model "$teacher" --prompts $w/synth_requests.jsonl --output $w/synth_answered.jsonl "${lim[@]}" "${eng[@]}" \
     --max-new-tokens 320 --temperature 0.8 --top-k 50 --top-p 0.9 --seed 0 --time-budget "$budget" 2>&1 | quiet 3
   aspd prompts collect --input $w/synth_answered.jsonl --output $w/synth_prompts.jsonl \
     --report "$OUT/prompts_collect.json" | tail -2
@@ -47,8 +55,8 @@ synth)
   gzip -c $w/prompts.jsonl > "$OUT/prompts.jsonl.gz" ;;
 answers)
   touch $w/answers.jsonl
-  aspd distill --resume --model "$teacher" --prompts $w/prompts.jsonl --output $w/answers.jsonl --parallel-style "${lim[@]}" \
-    --max-new-tokens 768 --temperature 0.7 --top-k 20 --top-p 0.8 --seed 0 --time-budget "$budget" 2>&1 | quiet 3
+  aspd distill --resume --model "$teacher" --prompts $w/prompts.jsonl --output $w/answers.jsonl --parallel-style "${lim[@]}" "${eng[@]}" \
+    --max-new-tokens 640 --temperature 0.7 --top-k 20 --top-p 0.8 --repetition-penalty 1.05 --seed 0 --time-budget "$budget" 2>&1 | quiet 3
   wc -l $w/prompts.jsonl $w/answers.jsonl $w/answers.jsonl.dropped.jsonl
   gzip -c $w/answers.jsonl > "$OUT/answers.jsonl.gz"
   gzip -c $w/answers.jsonl.dropped.jsonl > "$OUT/answers_dropped.jsonl.gz"
@@ -65,7 +73,7 @@ with open(sys.argv[1]) as f, open(sys.argv[2], 'w') as out:
             out.write(line)" $w/answers.jsonl $w/prose.jsonl
   [ -s $w/span_req.jsonl ] || aspd transform --input $w/prose.jsonl --span-requests $w/span_req.jsonl | tail -2
   touch $w/span_rep.jsonl
-  aspd distill --resume --model "$teacher" --prompts $w/span_req.jsonl --output $w/span_rep.jsonl --keep-bad "${lim[@]}" \
+  aspd distill --resume --model "$teacher" --prompts $w/span_req.jsonl --output $w/span_rep.jsonl --keep-bad "${lim[@]}" "${eng[@]}" \
     --max-new-tokens 400 --temperature 0 --time-budget "$budget" 2>&1 | quiet 3
   wc -l $w/span_req.jsonl $w/span_rep.jsonl
   gzip -c $w/span_rep.jsonl > "$OUT/span_replies.jsonl.gz" ;;

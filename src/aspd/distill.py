@@ -268,14 +268,18 @@ def _generate_aspd(model: Any, tok: Any, encoded: Encoded, cfg: Any, args: argpa
                    deadline: float | None) -> Iterator[tuple[dict[str, Any], list[int]]]:
     """aspd's continuous batching (`aspd.engine.batch`): serial answers, up to --batch-size at once, each with its
     own seed (--seed + its index); answers come back as they finish."""
-    from aspd.engine.batch import BatchEngine, BatchRequest
+    from aspd.engine.batch import BatchEngine, BatchRequest, reservation
     from aspd.engine.sampling import SamplingParams
     from aspd.engine.types import Limits
 
     vocab = len(tok)  # a serial answer's control tokens (never trained, rarely sampled) are dropped
     batch = BatchEngine.for_plain_model(model, tok, max_batch=args.batch_size)
-    finished: list[tuple[dict[str, Any], BatchRequest]] = []
+    # Room for a full batch of the longest prompts (sorted last), so no request waits on the cache.
     limits = Limits(max_new_tokens=args.max_new_tokens)
+    if encoded:
+        batch.max_slots = max(batch.max_slots,
+                              args.batch_size * reservation(len(encoded[-1][1]), "serial", limits))
+    finished: list[tuple[dict[str, Any], BatchRequest]] = []
     for i, (obj, ids) in enumerate(encoded):
         sp = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             repetition_penalty=args.repetition_penalty, seed=args.seed + i)
