@@ -26,7 +26,7 @@ case "$step" in
       [ -d "$ASPD_CACHE/models/$base" ] || aspd models fetch "$base" --gguf "/root/models/$base.gguf" -q
     done
     python3 scripts/recipe/teacher_join.py .xfer/data/teacher/answers_qwen2.5-coder-1.5b.jsonl.gz \
-      .xfer/data/teacher/transform_rules.jsonl.gz "$w/t.jsonl"
+      .xfer/data/teacher/transform.jsonl.gz "$w/t.jsonl"
     aspd transform --to-train "$w/t.jsonl" --aspd "$w/train.jsonl" --serial-share 0.25
     nvidia-smi --query-gpu=name,memory.used --format=csv,noheader 2>/dev/null || true ;;
   train)

@@ -62,11 +62,11 @@ def prompts_section() -> str:
 
 def answers_section() -> str:
     runs = json.loads((ROOT / "data/teacher/answers_runs.json").read_text())
-    body = [["teacher writes questions", runs["synth"]["engine"], runs["synth"]["answered"], runs["synth"]["kept"],
-             runs["synth"]["tokens"], runs["synth"]["seconds"], runs["synth"]["tokens_per_second"]]]
-    for i, r in enumerate(runs["answers"], 1):
-        body.append([f"teacher answers, call {i}", r["engine"], r["answered"], r["kept"], r["tokens"], r["seconds"],
-                     r["tokens_per_second"]])
+    body = []
+    for what, key in (("teacher writes questions", "synth"), ("teacher answers", "answers"), ("span replies", "spans")):
+        for r in runs.get(key, []):
+            body.append([f"{what} (lease {r['lease']})", r["engine"], r["answered"], r.get("kept", "-"),
+                         r.get("tokens", "-"), r["seconds"], r.get("tokens_per_second") or "-"])
     drops = collections.Counter()
     for r in [*runs["answers"], runs.get("refilter", {"dropped": {}})]:
         drops.update(r["dropped"])
@@ -91,6 +91,10 @@ def transform_section(summary: Path, title: str) -> str:
                f"{k} {v['passed']:,}/{v['ran']:,}" for k, v in checks.items()) + "; "
            + ", ".join(f"{k} {v:,}" for k, v in s["acceptance"].items()) + "; drops "
            + ", ".join(f"{k} {v:,}" for k, v in s["drops"].items()) + "."]
+    if s.get("by_source"):  # which rewriter proposed what, and whose candidate each parallel sample kept
+        out += ["", table(["rewriter", "candidates", "passed checks", "passed votes", "selected"],
+                          [[k, v["candidates"], v["passed_checks"], v["passed_answer"], v["selected"]]
+                           for k, v in s["by_source"].items()])]
     return "\n".join(out)
 
 
@@ -144,8 +148,8 @@ def main() -> None:
     if args.judged and args.judged_hours:
         judged.write_text(json.dumps(judged_summary(args.judged, args.judged_hours), indent=1) + "\n")
     parts = ["## Prompts", "", prompts_section(), "", "## Teacher answers", "", answers_section(), "",
-             "## Rewriters", "", transform_section(ROOT / "data/teacher/transform_rules.summary.json",
-                                                    "Rules, no judge (all answers)")]
+             "## Rewriters", "", transform_section(ROOT / "data/teacher/transform.summary.json",
+                                                    "Rules and the span rewriter, no judge (all answers)")]
     if judged.exists():
         j = json.loads(judged.read_text())
         parts += ["", "### Rules + the likelihood judge under SmolLM2-135M (the first rule-parallel samples)", "",

@@ -3,7 +3,7 @@
 Usage: python scripts/recipe/pack_teacher_data.py PROMPTS.jsonl[.gz] ANSWERS.jsonl[.gz] TRANSFORM.jsonl OUT_DIR
 Writes OUT_DIR/prompts.jsonl.gz ({id, source, category, multipart?, prompt, context?}),
 OUT_DIR/answers_qwen2.5-coder-1.5b.jsonl.gz (the prompt record + answer + finish) and
-OUT_DIR/transform_rules.jsonl.gz ({id, markup, parallel}), and prints the counts left out by source.
+OUT_DIR/transform.jsonl.gz ({id, markup, parallel}; rules and span rewriter), and prints the counts left out by source.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def main() -> None:
     n_a = write(f"{out}/answers_qwen2.5-coder-1.5b.jsonl.gz",
                 ({**{k: r[k] for k in PROMPT_FIELDS if r.get(k) not in (None, "")}, "answer": r["answer"],
                   "finish": r["finish"]} for r in rows(answers) if r["id"] in keep_ids))
-    n_t = write(f"{out}/transform_rules.jsonl.gz",
+    n_t = write(f"{out}/transform.jsonl.gz",
                 ({"id": r["id"], "markup": r["markup"], "parallel": r["parallel"]}
                  for r in rows(transform) if r["id"] in keep_ids))
     print(json.dumps({"prompts": n_p, "answers": n_a, "transform": n_t, "prompts_left_out": dict(left_out)}))
