@@ -137,6 +137,11 @@ def test_echo_reason_catches_titles_that_repeat_the_instruction():
     generic = "When was the Enlightenment?\n\n1. **Cost**: none.\n2. **Reasons**: ideas.\n3. **Steps**: books."
     assert "cost, reasons, steps" in echo_reason(generic)
     assert echo_reason("**Cost**: a single generic title is fine.") is None
+    # Given the question, one instruction word is enough when the question never uses it.
+    lone = "It would have spread ideas fast.\n\n**Cost**: printing was dear.\n\n**Art**: new patrons."
+    assert "never uses" in echo_reason(lone, "What if the Internet had been invented during the Renaissance?")
+    assert echo_reason(lone, "What did books cost in the Renaissance?") is None
+    assert drop_reason(lone, "stop", "Why did the Renaissance start in Italy?") == "echo"
     assert drop_reason(good, "length") == "length"
     # The instruction itself no longer offers a title to copy.
     assert "**" not in PARALLEL_STYLE and "closing sentence" not in PARALLEL_STYLE.lower()

@@ -10,7 +10,7 @@ import json
 import sys
 from collections import Counter
 
-from aspd.distill import drop_reason
+from aspd.distill import drop_reason, question_text
 from aspd.jsonl import JsonlReader
 
 
@@ -19,7 +19,7 @@ def main() -> None:
     why: Counter[str] = Counter()
     with open(kept, "w", encoding="utf-8") as fk, open(dropped, "w", encoding="utf-8") as fd:
         for _, r in JsonlReader(src):
-            reason = drop_reason(r["answer"], r.get("finish", "stop"))
+            reason = drop_reason(r["answer"], r.get("finish", "stop"), question_text(r))
             why[reason or "kept"] += 1
             (fd if reason else fk).write(json.dumps({**r, "drop_reason": reason} if reason else r,
                                                     ensure_ascii=False) + "\n")

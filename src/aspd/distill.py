@@ -66,13 +66,15 @@ _SHAPE_TITLES = frozenset({"opening", "closing", "opening sentence", "closing se
 _GENERIC_TITLES = frozenset({"aspect", "aspects", "cost", "options", "reasons", "steps", "items"})
 
 
-def echo_reason(text: str) -> str | None:
+def echo_reason(text: str, question: str = "") -> str | None:
     """Why an answer echoes the shape instruction instead of following it, or None.
 
     A small teacher told to write "an opening sentence, one paragraph per aspect under a bold title (for
     example **Cost**), a closing sentence" wrote **Closing Sentence** as a title, or titled its paragraphs with
     the instruction's own words (**Cost**, **Reasons**, **Steps**, **Items**) whatever the question: 578 of
-    9,737 answers of the first teacher run. Such answers teach titles that name nothing.
+    9,737 answers of the first teacher run. Such answers teach titles that name nothing. With the `question`,
+    one such word is enough when the question never mentions it (a first paragraph on **Cost** of the
+    Renaissance having had the Internet).
     """
     titles = [m.group(1).strip().rstrip(":").strip().lower() for m in _BOLD_TITLE.finditer(text)]
     shape = [t for t in titles if t in _SHAPE_TITLES]
@@ -81,16 +83,31 @@ def echo_reason(text: str) -> str | None:
     generic = sorted(set(titles) & _GENERIC_TITLES)
     if len(generic) >= 2:
         return f"bold titles are the instruction's generic words: {', '.join(generic)}"
+    asked = question.lower()
+    unasked = [t for t in generic if question and t.rstrip("s") not in asked]
+    if unasked:
+        return f"a bold title is the instruction's example word, which the question never uses: {unasked[0]!r}"
     return None
 
 
-def drop_reason(answer: str, finish: str) -> str | None:
+def drop_reason(answer: str, finish: str, question: str = "") -> str | None:
     """Why a teacher answer is no training target: 'length' (cut), 'loop' or 'echo'; None to keep it."""
     if finish == "length":
         return "length"
     if loop_reason(answer):
         return "loop"
-    return "echo" if echo_reason(answer) else None
+    return "echo" if echo_reason(answer, question) else None
+
+
+def question_text(obj: dict[str, Any]) -> str:
+    """The last user turn of a prompt record (what an answer's titles are checked against); '' if unreadable."""
+    from aspd.sample import record_messages
+
+    try:
+        msgs, _ = record_messages(obj)
+    except ValueError:
+        return ""
+    return next((str(m["content"]) for m in reversed(msgs) if m["role"] == "user"), "")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -224,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
             answer = tok.decode(row[:cut], skip_special_tokens=True).strip()
             n_tok += cut
             rec = {**obj, "answer": answer, "finish": "stop" if cut < len(row) else "length"}
-            why = drop_reason(answer, rec["finish"])
+            why = drop_reason(answer, rec["finish"], question_text(obj))
             if why is None and not answer:
                 why = "empty"
             if why is not None and not args.keep_bad:

@@ -123,6 +123,8 @@ for _base, _what, _sha in (
     ("qwen2.5-coder-0.5b", "aspd", "56708234a213dfd7e2cd1b7bd2fbdfce803adbce8d5e3cc6f94aacda3528a5d9"),
     ("qwen2.5-coder-0.5b", "seq", "d7206fd6760fc019b359a95895429532fa1f9e2b613756f5e2f5924b6feffaab"),
     ("smollm2-135m", "pasta", "ac8ceed7b767b6fc75ce48d5d332ae0e91e5c526a83625213d80969b576d1859"),
+    ("qwen2.5-coder-1.5b", "aspd", "6413668d090c2acacb2b5c0838e5a75369295da9f5cafeb0e6783e751bbe0243"),
+    ("qwen2.5-coder-1.5b", "seq", "634463b184032233f4c56ce4057c2bab6507a001834aa303f9a622058d53cf88"),
 ):
     register(
         ModelSpec(
