@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from aspd.engine import HybridEngine, Limits
+from aspd.engine.kv import BUCKETS
 from aspd.testing import tiny_model, tiny_tokenizer
 from aspd.tokens import add_control_tokens, text_ids
 
@@ -30,6 +31,9 @@ def test_compiled_step_equals_eager_serial_and_with_groups(arch, one_thread):
     ctrl = add_control_tokens(tok, model)
     eager = HybridEngine(model, tok, engine="eager")
     comp = HybridEngine(model, tok, engine="fast", compile=True)
+    # Every bucket compiled before the first answer, and nothing compiled while answering (no stall in an answer).
+    assert set(comp.warm(2048)) == {str(b) for b in BUCKETS}
+    compiled_before = set(comp._static.compiled.seconds)
 
     lim = Limits(max_new_tokens=24)
     same(eager.generate(PROMPT, mode="serial", limits=lim, record=True),
@@ -48,6 +52,7 @@ def test_compiled_step_equals_eager_serial_and_with_groups(arch, one_thread):
     assert step is not None and step.error is None, step and step.error  # no silent fall back to the eager step
     shapes = {int(k.split("x")[0]) for k in step.seconds}
     assert 1 in shapes and {4} <= shapes  # the serial step and a lockstep step of 3 branches ran compiled
+    assert set(step.seconds) == compiled_before and comp._static.capacity >= 2048
 
 
 def test_compile_defaults_to_cuda_only_and_bad_mode_is_refused(monkeypatch):

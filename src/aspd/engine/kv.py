@@ -337,6 +337,26 @@ class StaticKV:
             logits = self._step(inputs, self.high, dev)
         return list(logits.split([len(p.ids) for p in parts]))
 
+    def warm(self) -> dict[str, float]:
+        """Compile and capture every bucket now (padding rows only), so that no answer pays for it later; returns
+        the seconds per bucket. A no-op for an unbucketed cache. The capacity must not grow afterwards: a larger
+        cache is new buffers and new shapes, so every bucket is captured, and compiled, again."""
+        if not self.bucketed:
+            return {}
+        with torch.inference_mode():
+            for size in BUCKETS:
+                t0 = time.perf_counter()
+                if self.graphs_on:
+                    if (size, False) not in self.graphs:
+                        self._capture(size)
+                else:
+                    inputs = self._inputs([], [], size).to(self.e.device)
+                    if not self.layers[0].is_initialized:
+                        self._step(inputs, self.capacity)  # allocates the cache, outside the compiled code
+                    self._bucket_step(inputs, self.capacity)
+                    self.capture_seconds.setdefault(str(size), round(time.perf_counter() - t0, 3))
+        return dict(self.capture_seconds)
+
     def _bucket_step(self, inputs: torch.Tensor, span: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         """A bucketed step: compiled when the engine compiles (and compiling has not failed), else eager. The cache
         layers allocate their buffers at their first write, which stays out of the compiled code."""

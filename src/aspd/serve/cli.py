@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,10 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sock = _bind(args.host, args.port)  # bind before the slow model load: a busy port fails fast
     served = load_served(args)
+    if served.engine.device.type == "cuda":  # compile and capture now, for the whole cache: no stall in a request
+        t0 = time.perf_counter()
+        served.engine.warm(args.max_cache_tokens)
+        print(f"aspd serve: decode step compiled and captured in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     app = create_app(served, max_queue=args.max_queue, api_key=key, max_batch=args.max_batch,
                      max_slots=args.max_cache_tokens)
     host, port = sock.getsockname()[:2]
