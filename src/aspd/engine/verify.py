@@ -83,6 +83,8 @@ def check_engines_agree(a: HybridEngine, b: HybridEngine, prompt: str, *, mode: 
     first = next((i for i, (x, y) in enumerate(zip(ga.answer_ids, gb.answer_ids, strict=False)) if x != y), None)
     shared = next((i for i, (x, y) in enumerate(zip(ga.slots, gb.slots, strict=False)) if x != y),
                   min(len(ga.slots), len(gb.slots)))
-    diff = (torch.stack(ga.logits[:shared]) - torch.stack(gb.logits[:shared])).abs().max().item()
+    # Modes that record no logits (SoT's outline and point calls) are compared on their tokens alone.
+    diff = ((torch.stack(ga.logits[:shared]) - torch.stack(gb.logits[:shared])).abs().max().item()
+            if shared and ga.logits and gb.logits else None)
     return {"ok": ga.answer_ids == gb.answer_ids, "tokens": len(ga.answer_ids), "first_difference": first,
             "max_abs_logit_diff": diff, "groups": [ga.stats.groups, gb.stats.groups]}
