@@ -3,6 +3,8 @@
 import gzip
 import json
 
+import pytest
+
 from aspd.cli import main
 
 
@@ -145,3 +147,15 @@ def test_echo_reason_catches_titles_that_repeat_the_instruction():
     assert drop_reason(good, "length") == "length"
     # The instruction itself no longer offers a title to copy.
     assert "**" not in PARALLEL_STYLE and "closing sentence" not in PARALLEL_STYLE.lower()
+
+
+def test_iter_answers_names_the_bad_line(tmp_path):
+    from aspd.cli import CLIError
+    from aspd.distill import iter_answers
+
+    f = tmp_path / "a.jsonl"
+    f.write_text('{"id": "a", "answer": "fine"}\n{"id": "b", "answer": 3}\n')
+    it = iter_answers(f)
+    assert next(it)["answer"] == "fine"
+    with pytest.raises(CLIError, match=r"a\.jsonl:2: .*answer"):
+        next(it)

@@ -15,6 +15,7 @@ import io
 import json
 from typing import IO
 
+from aspd.distill import iter_answers
 from aspd.jsonl import iter_jsonl
 
 # Sources of train_prompts.jsonl whose prompt text may be redistributed (its SOURCES.md): Apache-2.0, MIT
@@ -41,7 +42,7 @@ def main() -> None:
     ap.add_argument("--redistributable", action="store_true",
                     help="only prompts whose licence allows shipping them (Apache-2.0, MIT, CC0)")
     args = ap.parse_args()
-    answers = {r["id"]: r for _, r in iter_jsonl(args.answers)}
+    answers = {r["id"]: r for r in iter_answers(args.answers)}
     n = 0
     with _open_out(args.out) as out:
         for i, (_, p) in enumerate(iter_jsonl(args.prompts)):

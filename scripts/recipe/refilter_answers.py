@@ -10,15 +10,14 @@ import json
 import sys
 from collections import Counter
 
-from aspd.distill import drop_reason, question_text
-from aspd.jsonl import JsonlReader
+from aspd.distill import drop_reason, iter_answers, question_text
 
 
 def main() -> None:
     src, kept, dropped = sys.argv[1:4]
     why: Counter[str] = Counter()
     with open(kept, "w", encoding="utf-8") as fk, open(dropped, "w", encoding="utf-8") as fd:
-        for _, r in JsonlReader(src):
+        for r in iter_answers(src):
             reason = drop_reason(r["answer"], r.get("finish", "stop"), question_text(r))
             why[reason or "kept"] += 1
             (fd if reason else fk).write(json.dumps({**r, "drop_reason": reason} if reason else r,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
+from aspd.distill import iter_answers
 from aspd.jsonl import iter_jsonl
 
 
@@ -19,7 +20,7 @@ def rows(path: str):
 
 def main() -> None:
     answers, transform, out = sys.argv[1:4]
-    by_id = {r["id"]: r for r in rows(answers)}
+    by_id = {r["id"]: r for r in iter_answers(answers)}
     n = missing = 0
     with open(out, "w", encoding="utf-8") as f:
         for t in rows(transform):

@@ -182,6 +182,19 @@ def read_prompts(path: str, limit: int | None = None, *, skip_bad_lines: bool = 
     return [(obj, msgs) for _, obj, msgs in out[:limit]]
 
 
+def iter_answers(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The records of an `aspd distill` output (or dropped) file, each checked as a `DistillAnswer`; a bad line
+    raises CLIError with its file:line and what is wrong."""
+    from aspd.records import DistillAnswer, RecordError
+
+    for line_no, obj in JsonlReader(path):
+        try:
+            DistillAnswer.read(obj)
+        except RecordError as e:
+            raise CLIError(f"{path}:{line_no}: {e}") from None
+        yield obj
+
+
 def done_ids(path: Path) -> set[str]:
     """Ids already written (each line a `DistillAnswer`); a torn last line (a killed run) is cut off the file."""
     from aspd.records import DistillAnswer, RecordError
