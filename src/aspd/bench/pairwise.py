@@ -64,9 +64,7 @@ def pair_messages(a: Row, b: Row, prompts: dict[str, JudgePrompt],
             kw.update(ref_answer_1=ref[0], ref_answer_2=ref[1])
     else:
         raise ValueError(f"turn {turn}: the pairwise prompts cover turns 1 and 2 only")
-    p = prompts[name]
-    return name, [{"role": "system", "content": p.system_prompt},
-                  {"role": "user", "content": p.prompt_template.format(**kw)}]
+    return name, prompts[name].chat(**kw)
 
 
 @torch.inference_mode()

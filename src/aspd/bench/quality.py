@@ -69,6 +69,11 @@ class JudgePrompt:
     system_prompt: str
     prompt_template: str
 
+    def chat(self, **fields: str) -> list[dict[str, str]]:
+        """The judge's messages: the system prompt, then the template filled with `fields`."""
+        return [{"role": "system", "content": self.system_prompt},
+                {"role": "user", "content": self.prompt_template.format(**fields)}]
+
 
 def load_judge_prompts(path: str | Path, names: Sequence[str] = PROMPT_NAMES) -> dict[str, JudgePrompt]:
     """The prompts `names` (default: the four single-answer ones) of a FastChat judge_prompts.jsonl, by name;
@@ -137,9 +142,7 @@ def judge_messages(row: dict[str, Any], prompts: dict[str, JudgePrompt],
             kw.update(ref_answer_1=ref[0], ref_answer_2=ref[1])
     else:
         raise ValueError(f"turn {turn}: MT-Bench grading has prompts for turns 1 and 2 only")
-    p = prompts[name]
-    return name, [{"role": "system", "content": p.system_prompt},
-                  {"role": "user", "content": p.prompt_template.format(**kw)}]
+    return name, prompts[name].chat(**kw)
 
 
 async def judge_row(backend: Any, row: dict[str, Any], prompts: dict[str, JudgePrompt],
