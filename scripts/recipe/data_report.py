@@ -12,6 +12,7 @@ import argparse
 import collections
 import json
 import random
+import re
 from pathlib import Path
 
 from aspd.jsonl import iter_jsonl
@@ -110,7 +111,12 @@ def examples(path: str, judged: str | None) -> str:
     if judged is not None:
         turned = [r for r in rows(judged) if not r["parallel"]]
         rej += rng.sample(turned, min(3, len(turned)))
-    out = ["### Ten accepted samples (random, seed 0)", ""]
+    reasons = collections.Counter(
+        re.sub(r"\d+", "N", re.sub(r"title (['\"]).*?\1 ", "title T ", c.get("reason") or "?")).split(";")[0].split(" (")[0]
+        for r in rs if not r["parallel"] for c in r["candidates"] if c["source"] == "spans")
+    out = ["### Why span replies were turned down (samples left serial)", "",
+           table(["reason (first one of the reply)", "replies"], [[k, v] for k, v in reasons.most_common()]), "",
+           "### Ten accepted samples (random, seed 0)", ""]
     for r in acc:
         out += [f"<details><summary>{r['id']}: {r['prompt'][:90]!r}</summary>", "", _block(r["markup"]), "",
                 "</details>", ""]

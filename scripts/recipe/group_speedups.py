@@ -1,4 +1,5 @@
-"""Median speedup of a hybrid model over its serial baseline, split by whether the hybrid answer opened a group.
+"""Median speedup of a hybrid model over its serial baseline (and its mean DP), split by whether the hybrid answer
+opened a group.
 
 Usage: python scripts/recipe/group_speedups.py RESULTS_JSON [--max-question N]
 Reads an `aspd bench speed` results.json with one hybrid and one serial spec; per question the speedup is the
@@ -25,12 +26,14 @@ def main() -> None:
     out = {}
     for name, keep in (("all", lambda h: True), ("with_groups", lambda h: h["groups"] > 0),
                        ("without_groups", lambda h: h["groups"] == 0)):
-        s = [p["hybrid"]["tps"] / p["serial"]["tps"] for p in pairs.values()
-             if "hybrid" in p and "serial" in p and p["serial"]["tps"] and keep(p["hybrid"])]
+        kept = [p for p in pairs.values()
+                if "hybrid" in p and "serial" in p and p["serial"]["tps"] and keep(p["hybrid"])]
+        s = [p["hybrid"]["tps"] / p["serial"]["tps"] for p in kept]
         if s:
             q = statistics.quantiles(s, n=4) if len(s) > 1 else [s[0]] * 3
             out[name] = {"answers": len(s), "median": round(statistics.median(s), 3),
-                         "p25": round(q[0], 2), "p75": round(q[2], 2)}
+                         "p25": round(q[0], 2), "p75": round(q[2], 2),
+                         "dp_mean": round(statistics.mean(p["hybrid"]["dp"] for p in kept), 3)}
     print(json.dumps(out, indent=1))
 
 
