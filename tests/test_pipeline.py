@@ -566,7 +566,7 @@ def test_convert_to_training_files(tmp_path: Path) -> None:
     transform(inp, out, Recorded(GOOD), ALL_YES, cfg(), report=lambda _: None)
     a, s = tmp_path / "a.jsonl", tmp_path / "s.jsonl"
     counts = convert(out, a, s, report=lambda _: None)
-    assert counts == {"records": 2, "written": 2, "parallel": 1, "skipped": 0}
+    assert counts == {"records": 2, "written": 2, "parallel": 1, "skipped": 0, "flattened": 0}
     ra = {r.id: r for r in read_records(a)}
     rs = {r.id: r for r in read_records(s)}
     assert ra["p"].answer.groups and not rs["p"].answer.groups
@@ -595,6 +595,30 @@ def test_convert_caps_serial_share(tmp_path: Path) -> None:
     assert convert(out, a, None, serial_share=0.0, report=lambda _: None)["written"] == 3
     with pytest.raises(InputError):
         convert(out, a, None, serial_share=1.0, report=lambda _: None)
+
+
+def test_convert_flattens_layouts_that_save_little(tmp_path: Path) -> None:
+    from aspd.pipeline.convert import convert, layout_speedup
+    from aspd.pipeline.runner import InputError
+
+    even = "Intro.\n<branchgroup><branch title=\"A\">a b c d</branch><branch title=\"B\">e f g h</branch></branchgroup>"
+    lopsided = ("Intro.\n<branchgroup><branch title=\"A\">a</branch>"
+                "<branch title=\"B\">b c d e f g h i j</branch></branchgroup>")
+    assert layout_speedup(parse(even)) == 9 / 5
+    assert layout_speedup(parse(lopsided)) == 11 / 10
+    assert layout_speedup(parse("No group here.")) == 1.0
+    recs = [{"id": i, "question": "Q", "answer": "x", "markup": m, "parallel": True}
+            for i, m in (("even", even), ("lopsided", lopsided))]
+    out = write_jsonl(tmp_path / "out.jsonl", recs)
+    a, s = tmp_path / "a.jsonl", tmp_path / "s.jsonl"
+    counts = convert(out, a, s, min_layout_speedup=1.5, report=lambda _: None)
+    assert counts["parallel"] == 1 and counts["flattened"] == 1 and counts["written"] == 2
+    rows = {r["id"]: r["answer"] for r in map(json.loads, a.read_text().splitlines())}
+    assert "<branchgroup>" in rows["even"] and rows["lopsided"] == flatten(parse(lopsided))
+    assert a.read_text().count("lopsided") == s.read_text().count("lopsided") == 1  # same samples in both files
+    assert convert(out, a, None, parallel_only=True, min_layout_speedup=1.5, report=lambda _: None)["written"] == 1
+    with pytest.raises(InputError):
+        convert(out, a, None, min_layout_speedup=0.5, report=lambda _: None)
 
 
 def test_fill_is_one_pass_and_brace_safe() -> None:

@@ -4,7 +4,8 @@
 # Usage (device run):
 #   bash scripts/gpu/bg.sh start NAME GPU 'COMMAND'   run COMMAND on GPU (CUDA_VISIBLE_DEVICES) with OUT=$W/out/NAME
 #   bash scripts/gpu/bg.sh peek [SECONDS [NAME...]]   wait up to SECONDS for the NAMEd jobs (default: all) to end,
-#                                                     then show each job's state and log tail; $W/out -> $OUT
+#                                                     then show each job's state and log tail (logs -> $OUT)
+#   bash scripts/gpu/bg.sh collect [FIRST [LAST]]     every job's $OUT as tar parts of 15 MB (cat them back together)
 set -euo pipefail
 w=${W:-/root/work}
 mkdir -p "$w/bg" "$w/out"
@@ -31,8 +32,16 @@ case "$1" in
       echo "== $n: $(state "$n")"
       tr '\r' '\n' < "$w/bg/$n.log" | grep -v -E "it/s\]|s/it\]|^\s*$" | tail -n "${TAIL:-6}" || true
     done
-    cp -r "$w/out/." "$OUT/" 2>/dev/null || true
     cp "$w"/bg/*.log "$OUT/" 2>/dev/null || true
     nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader 2>/dev/null || true ;;
-  *) echo "usage: $0 start NAME GPU CMD | peek [SECONDS [NAME...]]" >&2; exit 2 ;;
+  collect)
+    # $OUT brings back at most 8 files of 16 MiB: the jobs' outputs travel as one tar in 15 MB parts, FIRST..LAST
+    # per call (numbered from 0; the tar is made on the first call and kept: `rm $w/collect*` to make it anew).
+    first=${2:-0} last=${3:-3}
+    [ -f "$w/collect.tar" ] || { tar -C "$w" -cf "$w/collect.tar" out bg; \
+      split -b 15000000 -d -a 2 "$w/collect.tar" "$w/collect.part"; }
+    ls "$w"/collect.part* | wc -l | xargs echo "parts:"
+    for i in $(seq "$first" "$last"); do f=$w/collect.part$(printf %02d "$i"); [ -f "$f" ] && cp "$f" "$OUT/"; done
+    true ;;
+  *) echo "usage: $0 start NAME GPU CMD | peek [SECONDS [NAME...]] | collect [FIRST [LAST]]" >&2; exit 2 ;;
 esac

@@ -3,8 +3,10 @@
 # thread, no HTTP: needs only torch + transformers) for both base models at 1, 8, 32 and 128 concurrent clients,
 # and the one-request-at-a-time baseline (--max-batch 1) at 1 and 8 clients. Writes to $OUT.
 # Usage: bash scripts/gpu/stage_load.sh      (needs the received GGUFs, as stage_fast.sh)
+# ASPD_COMPILE=0 skips torch.compile of the step (CUDA graphs stay): the warm-up of a 131,072-slot cache then
+# takes seconds instead of a cold compile of minutes.
 set -euo pipefail
-export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1 ASPD_CACHE=/root/cache
+export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1 ASPD_CACHE=${ASPD_CACHE:-/root/cache}
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .xfer/whl/*.whl 2>/dev/null || true
 for m in smollm2-135m qwen2.5-coder-0.5b; do
   [ -d "$ASPD_CACHE/models/$m" ] || python3 -m aspd.cli models fetch "$m" --gguf "/root/models/$m.gguf" -q

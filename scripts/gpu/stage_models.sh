@@ -6,8 +6,10 @@
 # with the answers and transform of data/teacher).
 #
 #   setup BASE...                   install wheels, convert the received GGUFs, build the training set
+#                                   (SERIAL_SHARE, default 0.25, and MIN_LAYOUT: `aspd transform --to-train`'s
+#                                   --serial-share and --min-layout-speedup)
 #   train BASE RANK EPOCHS LR       start the ASPD and Seq LoRA fine-tunes of BASE in the background
-#   wait [SECONDS]                  until every training has ended (or SECONDS); logs and packed adapters -> $OUT
+#   wait [SECONDS [BASE...]]        until every training (of BASE) has ended, or SECONDS; logs, packed adapters -> $OUT
 #   bench BASE QUESTIONS TAG        ASPD against Seq, side by side, paper sampling, NLL under the 1.5B (resumable)
 #   pairwise TAG BASE               the 1.5B judges ASPD against Seq on TAG's answers, both orders
 set -euo pipefail
@@ -25,9 +27,12 @@ case "$step" in
     for base in "$@"; do
       [ -d "$ASPD_CACHE/models/$base" ] || aspd models fetch "$base" --gguf "/root/models/$base.gguf" -q
     done
-    python3 scripts/recipe/teacher_join.py .xfer/data/teacher/answers_qwen2.5-coder-1.5b.jsonl.gz \
-      .xfer/data/teacher/transform.jsonl.gz "$w/t.jsonl"
-    aspd transform --to-train "$w/t.jsonl" --aspd "$w/train.jsonl" --serial-share 0.25
+    if [ ! -s "$w/train.jsonl" ]; then  # built once per machine: every base trains on the same samples
+      python3 scripts/recipe/teacher_join.py .xfer/data/teacher/answers_qwen2.5-coder-1.5b.jsonl.gz \
+        .xfer/data/teacher/transform.jsonl.gz "$w/t.jsonl"
+      aspd transform --to-train "$w/t.jsonl" --aspd "$w/train.jsonl" --serial-share "${SERIAL_SHARE:-0.25}" \
+        ${MIN_LAYOUT:+--min-layout-speedup $MIN_LAYOUT}
+    fi
     nvidia-smi --query-gpu=name,memory.used --format=csv,noheader 2>/dev/null || true ;;
   train)
     base=$1 rank=$2 epochs=$3 lr=$4
@@ -44,17 +49,18 @@ case "$step" in
     done
     sleep 20; tail -n 3 "$w"/logs/*.log | quiet ;;
   wait)
-    t0=$(date +%s)
-    while ls "$w"/logs/*.log >/dev/null 2>&1; do
+    t0=$(date +%s) budget=${1:-540}; shift $(( $# > 0 ? 1 : 0 ))
+    logs=(); for base in "${@:-*}"; do logs+=("$w"/logs/*-$base.log); done
+    while ls "${logs[@]}" >/dev/null 2>&1; do
       running=0
-      for log in "$w"/logs/*.log; do
+      for log in "${logs[@]}"; do
         n=${log%.log}; [ -f "$n.done" ] || [ -f "$n.failed" ] || running=$((running + 1))
       done
       [ "$running" = 0 ] && break
-      [ $(( $(date +%s) - t0 )) -ge "${1:-540}" ] && { echo "still running: $running"; break; }
+      [ $(( $(date +%s) - t0 )) -ge "$budget" ] && { echo "still running: $running"; break; }
       sleep 10
     done
-    for log in "$w"/logs/*.log; do
+    for log in "${logs[@]}"; do
       n=$(basename "${log%.log}")
       quiet < "$log" > "$OUT/train_$n.log"
       if [ -f "$w/logs/$n.done" ]; then

@@ -136,6 +136,9 @@ def register(sub: Any) -> None:
     cv.add_argument("--parallel-only", action="store_true", help="convert only samples made parallel")
     cv.add_argument("--serial-share", type=float, default=None, metavar="F",
                     help="keep all parallel samples and add kept-serial ones until they are this share (0-1)")
+    cv.add_argument("--min-layout-speedup", type=float, default=None, metavar="X",
+                    help="write parallel samples serially when their layout allows less than X: words over "
+                    "decode steps, a group costing its longest branch (e.g. 1.5)")
     p.set_defaults(func=run, strict=False)
 
 
@@ -268,12 +271,12 @@ def run(args: argparse.Namespace) -> int:
             _fail("--to-train converts an existing output; it does not take --input/--output")
         try:
             counts = convert(args.to_train, args.aspd, args.seq, parallel_only=args.parallel_only,
-                             serial_share=args.serial_share)
+                             serial_share=args.serial_share, min_layout_speedup=args.min_layout_speedup)
         except InputError as e:
             _fail(str(e))
         written = ", ".join(f"{name} {path}" for name, path in (("ASPD", args.aspd), ("Seq", args.seq)) if path)
         print(f"aspd transform: wrote {counts['written']} sample(s) ({counts['parallel']} parallel, "
-              f"{counts['skipped']} skipped) to {written}")
+              f"{counts['flattened']} flattened, {counts['skipped']} skipped) to {written}")
         return 0
     if args.span_requests:
         return _write_span_requests(args)

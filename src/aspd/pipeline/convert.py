@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from aspd.markup import MarkupError, flatten, parse
+from aspd.markup import Document, Group, MarkupError, flatten, parse
 from aspd.pipeline.runner import InputError, Report, _stderr, output_lines, sample_from_record
 
-__all__ = ["convert", "training_records"]
+__all__ = ["convert", "layout_speedup", "training_records"]
 
 _Pair = tuple[dict[str, Any], dict[str, Any], bool]  # (ASPD record, Seq record, made parallel)
 
@@ -35,13 +35,32 @@ def training_records(rec: dict[str, Any], lineno: int) -> tuple[dict[str, Any], 
     return {**base, "answer": markup}, {**base, "answer": flatten(doc)}
 
 
+def layout_speedup(doc: Document) -> float:
+    """Words of the answer over the steps its layout needs, one word a step and a group as long as its longest
+    branch: the most its structure can speed decoding up (1.0 for a serial answer)."""
+    words = steps = 0
+    for seg in doc.segments:
+        if isinstance(seg, Group):
+            lengths = [len(b.visible.split()) for b in seg.branches]
+            words += sum(lengths)
+            steps += max(lengths, default=0)
+        else:
+            n = len(seg.text.split())
+            words += n
+            steps += n
+    return words / steps if steps else 1.0
+
+
 def convert(output_path: str | Path, aspd_path: str | Path | None = None, seq_path: str | Path | None = None,
             *, parallel_only: bool = False, serial_share: float | None = None,
-            report: Report = _stderr) -> dict[str, int]:
-    """Write the training file(s); returns counts {records, written, parallel, skipped}.
+            min_layout_speedup: float | None = None, report: Report = _stderr) -> dict[str, int]:
+    """Write the training file(s); returns counts {records, written, parallel, skipped, flattened}.
 
-    `serial_share` caps the share of kept-serial samples: all parallel samples stay, and serial ones, spread
-    evenly over the file, are added until they make up that share (0 is the same as `parallel_only`).
+    `min_layout_speedup` writes parallel samples whose structure would save too little (`layout_speedup` below
+    it: a short group in a long answer, or one branch much longer than the others) in serial form instead, so
+    the ASPD model learns the layouts that pay. `serial_share` caps the share of serial samples: all parallel
+    samples stay, and serial ones, spread evenly over the file, are added until they make up that share (0 is
+    the same as `parallel_only`).
     """
     if serial_share is not None and not 0.0 <= serial_share < 1.0:
         raise InputError("serial share must be in [0, 1)")
@@ -50,18 +69,27 @@ def convert(output_path: str | Path, aspd_path: str | Path | None = None, seq_pa
     if not Path(output_path).exists():
         raise InputError(f"cannot read {output_path}: no such file")
     records = output_lines(output_path, report=report)
-    counts = {"records": len(records), "written": 0, "parallel": 0, "skipped": 0}
+    if min_layout_speedup is not None and not min_layout_speedup >= 1.0:
+        raise InputError("minimum layout speedup must be at least 1")
+    counts = {"records": len(records), "written": 0, "parallel": 0, "skipped": 0, "flattened": 0}
     pairs: list[_Pair] = []
     for i, rec in records:
-        if parallel_only and not rec.get("parallel"):
+        parallel = bool(rec.get("parallel"))
+        if parallel_only and not parallel:
             continue
         try:
-            pairs.append((*training_records(rec, i), bool(rec.get("parallel"))))
+            aspd_rec, seq_rec = training_records(rec, i)
         except ValueError as e:
             counts["skipped"] += 1
             report(f"skipping {output_path}:{i} (id {rec.get('id')!r}): {e}")
             continue
-        counts["parallel"] += bool(rec.get("parallel"))
+        if parallel and min_layout_speedup and layout_speedup(parse(aspd_rec["answer"])) < min_layout_speedup:
+            counts["flattened"] += 1
+            if parallel_only:
+                continue
+            aspd_rec, parallel = {**aspd_rec, "answer": seq_rec["answer"]}, False
+        pairs.append((aspd_rec, seq_rec, parallel))
+        counts["parallel"] += parallel
     if serial_share is not None:
         pairs = _cap_serial(pairs, serial_share)
     for path, which in ((aspd_path, 0), (seq_path, 1)):

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The background chains of a two-GPU lease for issues 17-20, one per GPU, each a sequence of stage scripts that
+# goes on when a part fails. Start them with bg.sh once the GGUFs are received (smollm2-135m and
+# qwen2.5-coder-1.5b for `flagship`, qwen2.5-coder-0.5b too for `engine`), then keep calling `bg.sh peek`:
+#   bash scripts/gpu/bg.sh start flagship 0 'bash scripts/gpu/chains.sh flagship'
+#   bash scripts/gpu/bg.sh start engine 1 'bash scripts/gpu/chains.sh engine'
+# flagship: convert the bases and build the training set; train the 1.5B and SmolLM2 pairs side by side; bench both
+#           on Vicuna-80, then the 1.5B on RAG-50 and MT-Bench; the pairwise judge.
+# engine:   (after flagship has converted) the last synth prompts; the compiled step (stage_compile.sh) and the load
+#           test (stage_load.sh) on an otherwise idle GPU; then the 0.5B pair and its Vicuna-80 bench.
+# SERIAL_SHARE / MIN_LAYOUT choose the training set (stage_models.sh setup); defaults 0.2 and 1.5.
+set -uo pipefail
+w=${W:-/root/work}
+g=scripts/gpu
+export SERIAL_SHARE=${SERIAL_SHARE:-0.2} MIN_LAYOUT=${MIN_LAYOUT:-1.5}
+mkdir -p "$OUT"/{train,synth,compile,load}
+run() { echo "== $(date +%T) $*"; "$@" || echo "!! exit $?: $*"; }
+bench() {  # BASE QUESTIONS TAG SECONDS [LIMIT]
+  BUDGET_S=$4 LIMIT=${5:-} run bash $g/stage_models.sh bench "$1" ".xfer/data/bench/$2" "$3"
+}
+case "$1" in
+  flagship)
+    run bash $g/stage_models.sh setup qwen2.5-coder-1.5b smollm2-135m
+    touch "$w/converted"
+    run bash $g/stage_models.sh train qwen2.5-coder-1.5b 8 2 2e-4
+    run bash $g/stage_models.sh train smollm2-135m 16 2 5e-4
+    OUT=$OUT/train run bash $g/stage_models.sh wait 1500 qwen2.5-coder-1.5b smollm2-135m
+    bench qwen2.5-coder-1.5b vicuna_bench.jsonl vicuna80_15 420
+    bench smollm2-135m vicuna_bench.jsonl vicuna80_smol 300
+    run bash $g/stage_models.sh pairwise vicuna80_15 qwen2.5-coder-1.5b
+    bench qwen2.5-coder-1.5b rag_bench.jsonl rag50_15 360 50
+    bench qwen2.5-coder-1.5b mt_bench.jsonl mt80_15 900 ;;
+  engine)
+    until [ -f "$w/converted" ]; do sleep 5; done
+    run bash $g/stage_data.sh setup
+    OUT=$OUT/synth run bash $g/stage_data.sh synth 45
+    OUT=$OUT/compile run bash $g/stage_compile.sh 480
+    ASPD_COMPILE=0 OUT=$OUT/load run bash $g/stage_load.sh
+    run bash $g/stage_models.sh setup qwen2.5-coder-0.5b
+    run bash $g/stage_models.sh train qwen2.5-coder-0.5b 8 2 2e-4
+    OUT=$OUT/train run bash $g/stage_models.sh wait 900 qwen2.5-coder-0.5b
+    bench qwen2.5-coder-0.5b vicuna_bench.jsonl vicuna80_05 300 ;;
+  *) echo "usage: $0 flagship|engine" >&2; exit 2 ;;
+esac
