@@ -258,6 +258,10 @@ def test_format_answer_draws_groups():
     doc = Document((Serial("Tips:\n"), Group((Branch("A", "one\ntwo"), Branch("B", ""))), Serial("\nDone.")))
     assert format_answer(doc).splitlines() == [
         "Tips:", "── parallel group 1 · 2 branches ──", "  ┌ A", "  │ one", "  │ two", "  ┌ B", "  │", "  └", "Done."]
+    listed = Document((Group((Branch("1. **Diet**:", " Eat greens.\nLess sugar."), Branch("2. **Sleep**:", " Eight hours."))),))
+    assert format_answer(listed).splitlines() == [  # a shown title once, at the head of its box
+        "── parallel group 1 · 2 branches ──", "  ┌ 1. **Diet**: Eat greens.", "  │ Less sugar.",
+        "  ┌ 2. **Sleep**: Eight hours.", "  └"]
 
 
 def test_real_subprocess(model_dir):

@@ -219,7 +219,7 @@ def answer_prefix_ids(engine: Any, text: str) -> list[int]:
 
 def format_answer(doc: Any) -> str:
     """The answer for a terminal: serial text as is; each group as a header and one box per branch."""
-    from aspd.markup import Group
+    from aspd.markup import Group, is_head
 
     lines: list[str] = []
     n = 0
@@ -228,8 +228,13 @@ def format_answer(doc: Any) -> str:
             n += 1
             lines.append(f"── parallel group {n} · {len(seg.branches)} branches ──")
             for b in seg.branches:
-                lines.append(f"  ┌ {b.title}")
-                lines.extend(f"  │ {line}".rstrip() for line in (b.visible.strip().splitlines() or [""]))
+                body = b.visible.strip().splitlines() or [""]
+                if is_head(b.title):  # a shown title starts the branch's text: print it once
+                    head, body = body[0], body[1:]
+                else:
+                    head = b.title
+                lines.append(f"  ┌ {head}".rstrip())
+                lines.extend(f"  │ {line}".rstrip() for line in body)
             lines.append("  └")
         else:
             text = seg.text.strip("\n")
