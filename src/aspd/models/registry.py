@@ -118,13 +118,13 @@ register(
 # Fine-tunes made by the recipe in scripts/ (docs/results/models.md): ASPD models, their Seq baselines and a PASTA
 # model, trained with the same LoRA settings on the same self-distilled, transformed samples.
 for _base, _what, _sha in (
-    ("smollm2-135m", "aspd", "06d1ee29b182b5a09899314520732b6b77304637e90132c1e29073a88a1249c0"),
-    ("smollm2-135m", "seq", "6b6caef25ebf80dd474399f50bc17d01dbe3cbc10acef15f1e56a6b9d8dddbab"),
-    ("qwen2.5-coder-0.5b", "aspd", "56708234a213dfd7e2cd1b7bd2fbdfce803adbce8d5e3cc6f94aacda3528a5d9"),
-    ("qwen2.5-coder-0.5b", "seq", "d7206fd6760fc019b359a95895429532fa1f9e2b613756f5e2f5924b6feffaab"),
+    ("smollm2-135m", "aspd", "6174367bcbc1598139f3adca07ab6a8cef33415ab11b1d1488d76ad16a3525d6"),
+    ("smollm2-135m", "seq", "5f9261d8d9dd630e92d41637209907bbccfd66c7c9f4e1527400bc257ad2f96b"),
+    ("qwen2.5-coder-0.5b", "aspd", "83f68dedab8f00a13b0646d8646f7a1dfb7c0a44d1ba723ae11a178fb007ad5b"),
+    ("qwen2.5-coder-0.5b", "seq", "21f5b0eda82abb93649ecfd28a97e427816b006ea14422b4bb258edb0fc3096e"),
     ("smollm2-135m", "pasta", "ac8ceed7b767b6fc75ce48d5d332ae0e91e5c526a83625213d80969b576d1859"),
-    ("qwen2.5-coder-1.5b", "aspd", "6413668d090c2acacb2b5c0838e5a75369295da9f5cafeb0e6783e751bbe0243"),
-    ("qwen2.5-coder-1.5b", "seq", "634463b184032233f4c56ce4057c2bab6507a001834aa303f9a622058d53cf88"),
+    ("qwen2.5-coder-1.5b", "aspd", "c7c23785949105d00b7dfb8a7168df824388528ee62608b6e86cd419e2e82a2a"),
+    ("qwen2.5-coder-1.5b", "seq", "1c47e9470d01942e00cb1ccb77b5a4eab559002b9b0732f7e1db381a09008839"),
 ):
     register(
         ModelSpec(
