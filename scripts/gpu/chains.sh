@@ -4,10 +4,11 @@
 # qwen2.5-coder-1.5b for `flagship`, qwen2.5-coder-0.5b too for `engine`), then keep calling `bg.sh peek`:
 #   bash scripts/gpu/bg.sh start flagship 0 'bash scripts/gpu/chains.sh flagship'
 #   bash scripts/gpu/bg.sh start engine 1 'bash scripts/gpu/chains.sh engine'
-# flagship: convert the bases and build the training set; train the 1.5B and SmolLM2 pairs side by side; bench both
-#           on Vicuna-80, then the 1.5B on RAG-50 and MT-Bench; the pairwise judge.
-# engine:   (after flagship has converted) the last synth prompts; the compiled step (stage_compile.sh) and the load
-#           test (stage_load.sh) on an otherwise idle GPU; then the 0.5B pair and its Vicuna-80 bench.
+# flagship: convert the bases and build the training set; train the 1.5B pair and bench it on Vicuna-80; bench the
+#           SmolLM2 pair once the other chain has trained it; the pairwise judge; the 1.5B on RAG-50 and MT-Bench.
+# engine:   (after flagship has converted) the last synth prompts; the SmolLM2 pair (it ran out of memory beside
+#           the two 1.5B runs); the compiled step (stage_compile.sh) and the load test (stage_load.sh) on an
+#           otherwise idle GPU; then the 0.5B pair and its Vicuna-80 bench.
 # SERIAL_SHARE / MIN_LAYOUT choose the training set (stage_models.sh setup); defaults 0.2 and 1.5.
 set -uo pipefail
 w=${W:-/root/work}
@@ -23,9 +24,9 @@ case "$1" in
     run bash $g/stage_models.sh setup qwen2.5-coder-1.5b smollm2-135m
     touch "$w/converted"
     run bash $g/stage_models.sh train qwen2.5-coder-1.5b 8 2 2e-4
-    run bash $g/stage_models.sh train smollm2-135m 16 2 5e-4
-    OUT=$OUT/train run bash $g/stage_models.sh wait 1500 qwen2.5-coder-1.5b smollm2-135m
+    OUT=$OUT/train run bash $g/stage_models.sh wait 1500 qwen2.5-coder-1.5b
     bench qwen2.5-coder-1.5b vicuna_bench.jsonl vicuna80_15 420
+    OUT=$OUT/train run bash $g/stage_models.sh wait 900 smollm2-135m
     bench smollm2-135m vicuna_bench.jsonl vicuna80_smol 300
     run bash $g/stage_models.sh pairwise vicuna80_15 qwen2.5-coder-1.5b
     bench qwen2.5-coder-1.5b rag_bench.jsonl rag50_15 360 50
@@ -34,6 +35,8 @@ case "$1" in
     until [ -f "$w/converted" ]; do sleep 5; done
     run bash $g/stage_data.sh setup
     OUT=$OUT/synth run bash $g/stage_data.sh synth 45
+    run bash $g/stage_models.sh train smollm2-135m 16 2 5e-4
+    OUT=$OUT/train run bash $g/stage_models.sh wait 600 smollm2-135m
     OUT=$OUT/compile run bash $g/stage_compile.sh 480
     ASPD_COMPILE=0 OUT=$OUT/load run bash $g/stage_load.sh
     run bash $g/stage_models.sh setup qwen2.5-coder-0.5b
