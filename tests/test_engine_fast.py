@@ -162,3 +162,53 @@ def test_graph_replay_path_gives_the_eager_answers(mode, monkeypatch):
     assert ref.stats.parallel_tokens > 0 or mode == "serial"
     assert kv.capacity > first and kv.captures > len(kv.graphs)  # recaptured after growing
     assert any(explicit for _, explicit in kv.graphs) == (mode == "pasta")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_packed_grouped_query_attention_matches_hf_sdpa(arch):
+    """The engines' attention (query heads of one key/value head stacked, `use_packed_sdpa`) gives HF SDPA's logits
+    for short queries with branch masks, and leaves long feeds to HF."""
+    from aspd.attention import PACKED_SDPA, packed_sdpa_attention, use_packed_sdpa
+
+    torch.manual_seed(1)
+    ref = tiny_model(arch, 300)
+    packed = tiny_model(arch, 300)
+    assert use_packed_sdpa(packed) and packed.config._attn_implementation == PACKED_SDPA
+    assert ref.config._attn_implementation == "sdpa"
+    ids = torch.randint(0, 300, (1, 12))
+    allowed = torch.tril(torch.ones(12, 12, dtype=torch.bool))
+    allowed[8:, 5:8] = False  # later rows do not see a sibling branch's tokens
+    mask = allowed[None, None]
+    kw = dict(input_ids=ids, position_ids=torch.arange(12)[None], attention_mask=mask)
+    if arch == "gemma3":  # one mask per layer type, as aspd.attention.model_mask builds them
+        kw["attention_mask"] = {"full_attention": mask, "sliding_attention": mask}
+    with torch.no_grad():
+        a, b = ref(**kw).logits, packed(**kw).logits
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    calls = []
+    module = next(m for m in packed.modules() if hasattr(m, "num_key_value_groups"))
+    q, k = torch.randn(1, 4, 300, 16), torch.randn(1, 2, 300, 16)
+    long_mask = torch.ones(1, 1, 300, 300, dtype=torch.bool)
+    from transformers.integrations import sdpa_attention
+
+    real = sdpa_attention.sdpa_attention_forward
+    sdpa_attention.sdpa_attention_forward = lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    try:
+        packed_sdpa_attention(module, q, k, k, long_mask)  # a prefill-long query: HF's own path
+        packed_sdpa_attention(module, q[:, :, :3], k, k, long_mask[:, :, :3])  # a decode step: packed
+    finally:
+        sdpa_attention.sdpa_attention_forward = real
+    assert calls == [1]
+
+
+def test_engine_decodes_through_packed_attention_and_can_be_told_not_to(monkeypatch):
+    from aspd.attention import ENV_PACK, PACKED_SDPA
+
+    tok = tiny_tokenizer()
+    model = tiny_model("qwen2", len(tok) + 8)
+    HybridEngine(model, tok)
+    assert model.config._attn_implementation == PACKED_SDPA
+    monkeypatch.setenv(ENV_PACK, "0")
+    other = tiny_model("qwen2", len(tok) + 8)
+    HybridEngine(other, tok)
+    assert other.config._attn_implementation == "sdpa"
