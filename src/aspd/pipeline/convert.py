@@ -20,8 +20,10 @@ __all__ = ["convert", "layout_speedup", "training_records"]
 _Pair = tuple[dict[str, Any], dict[str, Any], bool]  # (ASPD record, Seq record, made parallel)
 
 
-def training_records(rec: dict[str, Any], lineno: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(ASPD record, Seq record) of one pipeline output record; ValueError if it cannot be used."""
+def training_records(rec: dict[str, Any], lineno: int, *, min_layout_speedup: float | None = None
+                     ) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """(ASPD record, Seq record, flattened) of one pipeline output record; ValueError if it cannot be used.
+    A layout that allows less than `min_layout_speedup` is written flattened in the ASPD record too."""
     sample = sample_from_record(rec, lineno)
     markup = rec.get("markup", sample.answer)
     if not isinstance(markup, str) or not markup.strip():
@@ -32,7 +34,10 @@ def training_records(rec: dict[str, Any], lineno: int) -> tuple[dict[str, Any], 
         # Happens when a kept-serial answer itself contains text that reads as markup tags.
         raise ValueError(f"markup does not parse ({e})") from None
     base = {"id": rec.get("id", sample.id), "messages": sample.messages}
-    return {**base, "answer": markup}, {**base, "answer": flatten(doc)}
+    flat = flatten(doc)
+    if doc.groups and min_layout_speedup and layout_speedup(doc) < min_layout_speedup:
+        return {**base, "answer": flat}, {**base, "answer": flat}, True
+    return {**base, "answer": markup}, {**base, "answer": flat}, False
 
 
 def layout_speedup(doc: Document) -> float:
@@ -78,16 +83,17 @@ def convert(output_path: str | Path, aspd_path: str | Path | None = None, seq_pa
         if parallel_only and not parallel:
             continue
         try:
-            aspd_rec, seq_rec = training_records(rec, i)
+            aspd_rec, seq_rec, flattened = training_records(
+                rec, i, min_layout_speedup=min_layout_speedup if parallel else None)
         except ValueError as e:
             counts["skipped"] += 1
             report(f"skipping {output_path}:{i} (id {rec.get('id')!r}): {e}")
             continue
-        if parallel and min_layout_speedup and layout_speedup(parse(aspd_rec["answer"])) < min_layout_speedup:
+        if flattened:
             counts["flattened"] += 1
             if parallel_only:
                 continue
-            aspd_rec, parallel = {**aspd_rec, "answer": seq_rec["answer"]}, False
+            parallel = False
         pairs.append((aspd_rec, seq_rec, parallel))
         counts["parallel"] += parallel
     if serial_share is not None:
