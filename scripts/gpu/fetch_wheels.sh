@@ -11,4 +11,9 @@ pip=(.venv/bin/pip download -q --only-binary=:all: --python-version "$py" --plat
      --platform manylinux_2_17_x86_64 -d .xfer/whl)
 # --no-deps: whatever the machine already has (numpy, tqdm, typing_extensions ...) must not be shadowed in /tmp/site.
 "${pip[@]}" --no-deps gguf pydantic pydantic-core annotated-types typing-inspection
-ls .xfer/whl
+# .xfer/srv: what `aspd serve` and the OpenAI client need (stage_judge.sh), carried only for the judge.
+mkdir -p .xfer/srv
+pip=("${pip[@]:0:${#pip[@]}-1}" .xfer/srv)
+"${pip[@]}" --no-deps fastapi starlette uvicorn h11 anyio sniffio click annotated-doc opentelemetry-api \
+  importlib-metadata zipp httpx httpcore certifi idna openai distro jiter httpx2 httpcore2 truststore
+ls .xfer/whl .xfer/srv

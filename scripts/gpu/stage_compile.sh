@@ -8,8 +8,9 @@
 # PACK_AB=1 first times one attention call (benchmarks/gqa_attention.py, bf16) and reruns (1) with
 # ASPD_PACK_GQA=0 after it, so the packed grouped-query attention is measured against HF's SDPA in one call.
 # A failing part never stops the stage: if the benchmark dies, it is rerun without the compiled engine, and the
-# error text is kept ($OUT/*.log, $OUT/errors.txt). Needs .xfer/whl (scripts/gpu/fetch_wheels.sh) carried unless the models
-# are converted already (a warm machine). Writes to $OUT. Usage: bash scripts/gpu/stage_compile.sh [SECONDS]
+# error text is kept ($OUT/*.log, $OUT/errors.txt). MODELS (space-separated) narrows the list. Needs .xfer/whl
+# (scripts/gpu/fetch_wheels.sh) carried unless the models are converted already (a warm machine). Writes to $OUT.
+# Usage: bash scripts/gpu/stage_compile.sh [SECONDS]
 set -uo pipefail
 budget=${1:-420}  # stop starting new parts after this many seconds
 start=$SECONDS
@@ -24,7 +25,7 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
   | tee -a "$OUT/gpu.txt"
 [ "${PACK_AB:-0}" = 1 ] && { python3 benchmarks/gqa_attention.py --device cuda --dtype bfloat16 \
   --out "$OUT/gqa_attention_gpu" > "$OUT/gqa_attention.log" 2>&1 || fail "gqa_attention: $(tail -3 "$OUT/gqa_attention.log")"; }
-for m in smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b; do
+for m in ${MODELS:-smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b}; do
   if [ ! -d "$ASPD_CACHE/models/$m" ]; then
     if [ ! -f "/root/models/$m.gguf" ]; then
       [ "$m" = smollm2-135m ] && fail "no /root/models/$m.gguf: receive it first (scripts/gpu/stage_receive.sh)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU: grade committed `aspd bench speed` answers with a local judge model served by `aspd serve` (real HTTP on
 # loopback), through `aspd bench quality`. The server stays up between calls while the machine is warm.
-# Usage: [LIMIT=N] bash scripts/gpu/stage_judge.sh JUDGE ANSWERS_DIR BENCH_DIR TAG [TAG ...]
+# Usage: [LIMIT=N] [CONCURRENCY=N] bash scripts/gpu/stage_judge.sh JUDGE ANSWERS_DIR BENCH_DIR TAG [TAG ...]
 #   JUDGE must be received (/root/models/JUDGE.gguf). ANSWERS_DIR/TAG/results.json is copied to $OUT/TAG/,
 #   graded there (--update adds the scores to its rows) and written with $OUT/TAG/quality.json.
 set -euo pipefail
@@ -22,7 +22,7 @@ for tag in "$@"; do
   t0=$(date +%s)
   python3 -m aspd.cli bench quality --answers "/root/graded/$tag/results.json" --judge-url http://127.0.0.1:8011/v1 \
     --judge-model "$judge" --bench-dir "$bench" --cache-dir /root/judge_cache --max-tokens 512 --timeout 300 \
-    --concurrency 4 --update ${LIMIT:+--limit $LIMIT} 2> "$OUT/$tag/judge.log"
+    --concurrency "${CONCURRENCY:-4}" --update ${LIMIT:+--limit $LIMIT} 2> "$OUT/$tag/judge.log"
   tail -1 "$OUT/$tag/judge.log"
   cp "/root/graded/$tag/results.json" "/root/graded/$tag/quality.json" "$OUT/$tag/"
   echo "$tag: $(( $(date +%s) - t0 )) s"
