@@ -37,7 +37,6 @@ from typing import Any
 
 import torch
 
-from aspd.attention import stock_sdpa
 from aspd.bench.report import machine_info
 from aspd.engine import HybridEngine, Limits
 from aspd.engine.core import _Run
@@ -215,13 +214,12 @@ def bench_serial(engines: dict[str, HybridEngine], args: argparse.Namespace) -> 
         sync(args.device)
         return time.perf_counter() - t0, ids
 
-    # HF as users run it: its own SDPA, not the packed attention the engines switched the model to.
     def hf() -> list[int]:
-        with torch.inference_mode(), stock_sdpa(model):
+        with torch.inference_mode():
             return model.generate(inp, generation_config=cfg)[0, len(prompt):].tolist()
 
     def hf_static() -> list[int]:
-        with torch.inference_mode(), stock_sdpa(model):
+        with torch.inference_mode():
             return model.generate(inp, generation_config=cfg, cache_implementation="static")[0, len(prompt):].tolist()
 
     runs: dict[str, Callable[[], list[int]]] = {"hf_generate": hf, "hf_static": hf_static}

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from aspd.attention import forward_layout, layer_windows, mask_dtype, model_mask, stock_sdpa
+from aspd.attention import forward_layout, layer_windows, mask_dtype, model_mask
 from aspd.engine import HybridEngine, Limits, SamplingParams
 from aspd.engine.kv import cache_kwargs
 from aspd.layout import Kind, Span, build_layout, visibility
@@ -93,7 +93,7 @@ def test_engine_logits_equal_training_layout(arch, pos_mode):
             group.setdefault((gr, b), []).append(s)
     flush()
     lay = build_layout(spans, pos_mode=pos_mode, predicted_lengths=[[3, 3]], predict_scale=2)
-    with torch.no_grad(), stock_sdpa(model):
+    with torch.no_grad():
         ref = forward_layout(model, lay)
     got = torch.stack(g.logits)[flat_of_slot]
     assert lay.position_ids.tolist() == [g.slots[s][1] for s in flat_of_slot]
@@ -116,7 +116,7 @@ def test_branch_equals_serial_decode_of_its_prefix(arch):
         body = body[:-1]  # drop the cap-forced <|/branch|>
         cfg = GenerationConfig(do_sample=False, max_new_tokens=len(body), min_new_tokens=len(body),
                                eos_token_id=None, pad_token_id=0)
-        with torch.no_grad(), stock_sdpa(model):
+        with torch.no_grad():
             out = model.generate(torch.tensor([context + prefix]), generation_config=cfg)
         assert out[0, len(context) + len(prefix):].tolist() == body, (arch, b)
     # The announced titles sit in the main stream, which every branch reads; what must stay invisible is the
@@ -138,7 +138,7 @@ def test_serial_mode_equals_hf_generate(arch):
     g = eng.generate("Give three tips for staying healthy.", mode="serial", limits=Limits(max_new_tokens=n))
     prompt = eng.prompt_ids("Give three tips for staying healthy.")
     cfg = GenerationConfig(do_sample=False, max_new_tokens=n, eos_token_id=sorted(eng.eot), pad_token_id=0)
-    with torch.no_grad(), stock_sdpa(model):
+    with torch.no_grad():
         out = model.generate(torch.tensor([prompt]), generation_config=cfg)[0, len(prompt):].tolist()
     assert g.answer_ids == out
 

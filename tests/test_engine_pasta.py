@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from aspd.attention import layer_windows, mask_dtype, model_mask, stock_sdpa
+from aspd.attention import layer_windows, mask_dtype, model_mask
 from aspd.engine import HybridEngine, Limits
 from aspd.pasta.sync import SyncTracker
 from aspd.pasta.tokens import add_pasta_tokens
@@ -55,7 +55,7 @@ def test_async_span_equals_serial_decode_of_its_synchronous_prefix(arch):
         context = prompt + main[:upto] + [tags.async_]
         cfg = GenerationConfig(do_sample=False, max_new_tokens=len(body), min_new_tokens=len(body),
                                eos_token_id=None, pad_token_id=0)
-        with torch.no_grad(), stock_sdpa(model):
+        with torch.no_grad():
             out = model.generate(torch.tensor([context]), generation_config=cfg)
         assert out[0, len(context):].tolist() == body, (arch, stream)
     # The answer splices each span's text in place of its promise; the markup keeps the training form.

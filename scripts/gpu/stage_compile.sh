@@ -5,8 +5,6 @@
 #      eager engine is left out: host-bound at ~27 ms a step, it would eat the time the compilers need);
 #   2. scripts/gpu/check_compiled.py: fp32 greedy tokens of the compiled fast engine == the eager engine's,
 #      serially and with a group.
-# PACK_AB=1 first times one attention call (benchmarks/gqa_attention.py, bf16) and reruns (1) with
-# ASPD_PACK_GQA=0 after it, so the packed grouped-query attention is measured against HF's SDPA in one call.
 # A failing part never stops the stage: if the benchmark dies, it is rerun without the compiled engine, and the
 # error text is kept ($OUT/*.log, $OUT/errors.txt). MODELS (space-separated) narrows the list. Needs .xfer/whl
 # (scripts/gpu/fetch_wheels.sh) carried unless the models are converted already (a warm machine). Writes to $OUT.
@@ -23,8 +21,6 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site .xfer/whl/*.wh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
   | tee -a "$OUT/gpu.txt"
-[ "${PACK_AB:-0}" = 1 ] && { python3 benchmarks/gqa_attention.py --device cuda --dtype bfloat16 \
-  --out "$OUT/gqa_attention_gpu" > "$OUT/gqa_attention.log" 2>&1 || fail "gqa_attention: $(tail -3 "$OUT/gqa_attention.log")"; }
 for m in ${MODELS:-smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b}; do
   if [ ! -d "$ASPD_CACHE/models/$m" ]; then
     if [ ! -f "/root/models/$m.gguf" ]; then
@@ -47,12 +43,6 @@ for m in ${MODELS:-smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b}; do
         --out "$OUT/engine_speed_gpu_${m}_nocompile" > "$OUT/engine_speed_${m}_nocompile.log" 2>&1 \
         || fail "engine_speed $m without compile failed too: $(tail -3 "$OUT/engine_speed_${m}_nocompile.log")"
     fi
-  fi
-  if [ "${PACK_AB:-0}" = 1 ] && [ "$(left)" -gt 60 ]; then
-    ASPD_PACK_GQA=0 timeout $(( $(left) > 240 ? 240 : $(left) )) python3 benchmarks/engine_speed.py --model "$m" \
-      --device cuda --engines fast,fast-compiled --repeats 2 --serial-repeats 3 --new-tokens 128 \
-      --out "$OUT/engine_speed_gpu_${m}_hf_sdpa" > "$OUT/engine_speed_${m}_hf_sdpa.log" 2>&1 \
-      || fail "engine_speed $m with HF's SDPA exit $?: $(tail -3 "$OUT/engine_speed_${m}_hf_sdpa.log")"
   fi
   [ "$(left)" -gt 40 ] || { fail "skipped the fp32 check of $m: out of time"; continue; }
   timeout $(( $(left) > 150 ? 150 : $(left) )) python3 scripts/gpu/check_compiled.py --model "$m" \

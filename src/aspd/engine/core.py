@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from aspd.attention import layer_windows, mask_dtype, use_packed_sdpa
+from aspd.attention import layer_windows, mask_dtype
 from aspd.engine.answer import AnswerBuilder
 from aspd.engine.kv import DynamicKV, Slots, StaticKV, resolve_engine
 from aspd.engine.sampling import MAIN_STREAM, BatchSampler, SamplingParams, Stream, StreamSampler
@@ -87,7 +87,6 @@ class HybridEngine:
         self.promise_len = promise_len  # PASTA: positions each <promise/> reserves (as the model was trained)
         self.is_aspd_model = True
         self.windows = layer_windows(model.config)
-        use_packed_sdpa(model)  # a parallel step must not copy the whole cache per query head
         self.mask_dtype = mask_dtype(model)
         self.device = next(model.parameters()).device
         self.engine = resolve_engine(engine)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from aspd.attention import forward_layout, stock_sdpa
+from aspd.attention import forward_layout
 from aspd.engine.core import HybridEngine, Limits
 from aspd.layout import Layout
 from aspd.tokens import text_ids
@@ -22,7 +22,7 @@ def hf_greedy(model: Any, ids: list[int], n: int, eos: Sequence[int] | None = No
 
     cfg = GenerationConfig(do_sample=False, max_new_tokens=n, eos_token_id=list(eos) if eos else None,
                            pad_token_id=0, repetition_penalty=1.0)
-    with torch.no_grad(), stock_sdpa(model):
+    with torch.no_grad():
         inp = torch.tensor([ids], device=model.device)
         return model.generate(inp, attention_mask=torch.ones_like(inp), generation_config=cfg)[0, len(ids):].tolist()
 
@@ -68,7 +68,7 @@ def check_consistency(engine: HybridEngine, generation: Any) -> dict[str, Any]:
     ids, pos, grp, br = (torch.tensor(x) for x in zip(*generation.slots, strict=True))
     lay = Layout(input_ids=ids, labels=ids, position_ids=pos, group=grp, branch=br, kinds=torch.zeros_like(ids),
                  mask_mode=engine.mask_mode, pos_mode=engine.pos_mode)
-    with torch.no_grad(), stock_sdpa(engine.model):
+    with torch.no_grad():
         ref = forward_layout(engine.model, lay).float().cpu()
     diff = (ref - torch.stack(generation.logits)).abs().max().item()
     return {"max_abs_diff": diff, "slots": len(generation.slots)}
