@@ -147,7 +147,7 @@ def compile_report(eng: HybridEngine) -> dict[str, Any]:
     out: dict[str, Any] = {"capture_s": dict(kv.capture_seconds)}
     if kv.compiled is not None:
         out.update(compile_s=dict(kv.compiled.seconds), compile_error=kv.compiled.error, mode=kv.compiled.mode,
-                   cache_dir=kv.compiled.cache_dir)
+                   shapes=kv.compiled.shapes, cache_dir=kv.compiled.cache_dir)
     return out
 
 

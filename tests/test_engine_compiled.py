@@ -55,8 +55,35 @@ def test_compiled_step_equals_eager_serial_and_with_groups(arch, one_thread):
     assert set(step.seconds) == compiled_before and comp._static.capacity >= 2048
 
 
+@pytest.mark.slow
+def test_static_shapes_compile_one_graph_per_bucket_with_the_eager_answers(monkeypatch, one_thread):
+    """ASPD_COMPILE_SHAPES=static: each bucket its own static graph (a cold compile for every new bucket), the same
+    tokens and logits as the eager engine."""
+    import torch._dynamo
+
+    monkeypatch.setenv("ASPD_COMPILE_SHAPES", "static")
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", len(tok))
+    ctrl = add_control_tokens(tok, model)
+    eager = HybridEngine(model, tok, engine="eager")
+    comp = HybridEngine(model, tok, engine="fast", compile=True)
+    forced = []
+    for t in ("Diet", "Sleep", "Work"):
+        forced += [ctrl.title, *text_ids(tok, t), ctrl.title_end]
+    forced.append(ctrl.para)
+    lim = Limits(max_new_tokens=40, max_branch_tokens=9)
+    ref = eager.generate(PROMPT, answer_prefix=forced, limits=lim, record=True)
+    assert ref.stats.branches == [3]
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    same(ref, comp.generate(PROMPT, answer_prefix=forced, limits=lim, record=True))
+    step = comp._static.compiled
+    assert step is not None and step.error is None and step.shapes == "static"
+    # One graph per step shape met (the dynamic default would have made two for all of them).
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == len(step.seconds) >= 3
+
+
 def test_compile_defaults_to_cuda_only_and_bad_mode_is_refused(monkeypatch):
-    from aspd.engine.compiled import compile_mode, resolve_compile
+    from aspd.engine.compiled import compile_mode, compile_shapes, resolve_compile
 
     assert resolve_compile(None, torch.device("cuda")) and not resolve_compile(None, torch.device("cpu"))
     assert resolve_compile(True, torch.device("cpu")) and not resolve_compile(False, torch.device("cuda"))
@@ -74,6 +101,10 @@ def test_compile_defaults_to_cuda_only_and_bad_mode_is_refused(monkeypatch):
     monkeypatch.setenv("ASPD_COMPILE_MODE", "turbo")
     with pytest.raises(ValueError, match="ASPD_COMPILE_MODE must be one of"):
         compile_mode()
+    assert compile_shapes() == "dynamic"
+    monkeypatch.setenv("ASPD_COMPILE_SHAPES", "fixed")
+    with pytest.raises(ValueError, match="ASPD_COMPILE_SHAPES must be one of"):
+        compile_shapes()
 
 
 def test_a_step_that_cannot_compile_falls_back_to_eager_with_a_warning():

@@ -5,6 +5,8 @@
 #      eager engine is left out: host-bound at ~27 ms a step, it would eat the time the compilers need);
 #   2. scripts/gpu/check_compiled.py: fp32 greedy tokens of the compiled fast engine == the eager engine's,
 #      serially and with a group.
+# AB="VAR=value ..." reruns (1) after it with those variables set (e.g. AB="ASPD_COMPILE_SHAPES=static", or
+# ASPD_COMPILE_MODE=max-autotune-no-cudagraphs), to $OUT/engine_speed_gpu_<model>_ab, so both land in one call.
 # A failing part never stops the stage: if the benchmark dies, it is rerun without the compiled engine, and the
 # error text is kept ($OUT/*.log, $OUT/errors.txt). MODELS (space-separated) narrows the list. Needs .xfer/whl
 # (scripts/gpu/fetch_wheels.sh) carried unless the models are converted already (a warm machine). Writes to $OUT.
@@ -43,6 +45,12 @@ for m in ${MODELS:-smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b}; do
         --out "$OUT/engine_speed_gpu_${m}_nocompile" > "$OUT/engine_speed_${m}_nocompile.log" 2>&1 \
         || fail "engine_speed $m without compile failed too: $(tail -3 "$OUT/engine_speed_${m}_nocompile.log")"
     fi
+  fi
+  if [ -n "${AB:-}" ] && [ "$(left)" -gt 60 ]; then
+    env $AB timeout $(( $(left) > 300 ? 300 : $(left) )) python3 benchmarks/engine_speed.py --model "$m" \
+      --device cuda --engines fast-compiled --repeats 2 --serial-repeats 3 --new-tokens 128 \
+      --out "$OUT/engine_speed_gpu_${m}_ab" > "$OUT/engine_speed_${m}_ab.log" 2>&1 \
+      || fail "engine_speed $m with $AB exit $?: $(tail -3 "$OUT/engine_speed_${m}_ab.log")"
   fi
   [ "$(left)" -gt 40 ] || { fail "skipped the fp32 check of $m: out of time"; continue; }
   timeout $(( $(left) > 150 ? 150 : $(left) )) python3 scripts/gpu/check_compiled.py --model "$m" \

@@ -5,7 +5,9 @@ then captured as a CUDA graph by `StaticKV`, as the eager step is.
 Shapes are static per bucket: a step of k tokens is padded to the smallest bucket >= k and reads the whole
 capacity. Dynamo compiles the first bucket it meets (the serial step, k = 1) with static shapes and, at the
 second bucket size, one graph dynamic in k for all the others, so a model costs two compilations, not one per
-bucket. Prefill and other long feeds stay eager (rare, and of ever-changing length).
+bucket. `ASPD_COMPILE_SHAPES=static` compiles one static graph per bucket instead (eight compilations): on the
+H200 a forward of 2-16 rows cost 1.3-1.4x one of a single row in the dynamic graph, and whether static shapes
+narrow that is the open question. Prefill and other long feeds stay eager (rare, and of ever-changing length).
 
 Compiled code is cached on disk (inductor's FX graph and AOT autograd caches, under `<cache root>/inductor`),
 so a second process (`aspd serve` restarted) skips code generation; dynamo still traces once per process. If
@@ -27,6 +29,8 @@ import torch
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 ENV_MODE = "ASPD_COMPILE_MODE"
 ENV_COMPILE = "ASPD_COMPILE"  # 1 / 0: the default for engines built without `compile=` (the CLI and the server)
+ENV_SHAPES = "ASPD_COMPILE_SHAPES"  # dynamic (default: one graph for every bucket after the first) / static
+COMPILE_SHAPES = ("dynamic", "static")
 _RECOMPILE_LIMIT = 64  # several models and buckets in one process (tests, benchmarks) share the step's code
 
 
@@ -48,6 +52,13 @@ def compile_mode() -> str:
     if mode not in COMPILE_MODES:
         raise ValueError(f"{ENV_MODE} must be one of {', '.join(COMPILE_MODES)}; not {mode!r}")
     return mode
+
+
+def compile_shapes() -> str:
+    shapes = os.environ.get(ENV_SHAPES, "dynamic")
+    if shapes not in COMPILE_SHAPES:
+        raise ValueError(f"{ENV_SHAPES} must be one of {', '.join(COMPILE_SHAPES)}; not {shapes!r}")
+    return shapes
 
 
 def enable_caches() -> str:
@@ -83,12 +94,15 @@ Step = Callable[..., torch.Tensor]
 class CompiledStep:
     """`step(inputs, span, rows)` compiled, with the eager step as fallback. Records compile time per shape."""
 
-    def __init__(self, step: Step, mode: str | None = None, backend: str | Callable[..., Any] = "inductor"):
+    def __init__(self, step: Step, mode: str | None = None, backend: str | Callable[..., Any] = "inductor",
+                 shapes: str | None = None):
         self.cache_dir = enable_caches()
         self.mode = mode or compile_mode()
+        self.shapes = shapes or compile_shapes()
         self.eager = step
         opts: dict[str, Any] = {"mode": self.mode} if backend == "inductor" else {}
-        self.fn = torch.compile(step, backend=backend, dynamic=None, **opts)
+        dynamic = False if self.shapes == "static" else None
+        self.fn = torch.compile(step, backend=backend, dynamic=dynamic, **opts)
         self.error: str | None = None  # why compiling failed; the eager step runs from then on
         self.seconds: dict[str, float] = {}  # first call per shape key (where compiling happens), seconds
         self._seen: set[tuple[Any, ...]] = set()
