@@ -120,25 +120,29 @@ class CpuGraphKV(StaticKV):
         super().__init__(eng, capacity, bucketed=True)
         self.graphs_on = True
         self.captures = 0
+        self.spans_seen = set()
 
-    def _try_capture(self, size, explicit):
+    def _try_capture(self, size, explicit, span):
         from aspd.engine.kv import _Graph
 
         inputs = self._inputs([], [], size).to(self.e.device)
-        rows = self._rows(None, [], size, self.capacity).to(self.e.device) if explicit else None
-        logits = self._step(inputs, self.capacity, rows)
+        rows = self._rows(None, size, span).to(self.e.device) if explicit else None
+        logits = self._step(inputs, span, rows)
 
         class Replay:
             def replay(_self):
-                logits.copy_(self._step(inputs, self.capacity, rows))
+                logits.copy_(self._step(inputs, span, rows))
 
         self.captures += 1
-        self.graphs[(size, explicit)] = _Graph(Replay(), inputs, logits, rows)
-        return self.graphs[(size, explicit)]
+        self.spans_seen.add(span if span < self.capacity else 'all')
+        self.graphs[(size, explicit, span)] = _Graph(Replay(), inputs, logits, rows)
+        return self.graphs[(size, explicit, span)]
 
 
+@pytest.mark.parametrize("span_min", [None, 16])
 @pytest.mark.parametrize("mode", ["serial", "hybrid", "pasta"])
-def test_graph_replay_path_gives_the_eager_answers(mode, monkeypatch):
+def test_graph_replay_path_gives_the_eager_answers(mode, span_min, monkeypatch):
+    """span_min 16: graphs read 16, 64, 256 slots or the whole cache, whichever holds the slots in use."""
     from aspd.pasta.tokens import add_pasta_tokens
 
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: t)  # page-locked staging needs CUDA
@@ -151,6 +155,8 @@ def test_graph_replay_path_gives_the_eager_answers(mode, monkeypatch):
     # Room for the prompt and a few answer tokens: the cache grows mid-answer, and the graphs are captured again.
     kv = CpuGraphKV(graphed, capacity=len(eager.prompt_ids(PROMPT)) + 4)  # the scratch headroom comes on top
     first = kv.capacity
+    if span_min:
+        kv.span_min = span_min
     graphed._static = kv
     kw = {"hybrid": {"answer_prefix": forced(tok, ctrl)}, "serial": {},
           "pasta": {"answer_prefix": [tags.scope, *text_ids(tok, "A:"), tags.promise, *text_ids(tok, " B:"),
@@ -161,4 +167,8 @@ def test_graph_replay_path_gives_the_eager_answers(mode, monkeypatch):
     same(ref, got)
     assert ref.stats.parallel_tokens > 0 or mode == "serial"
     assert kv.capacity > first and kv.captures > len(kv.graphs)  # recaptured after growing
-    assert any(explicit for _, explicit in kv.graphs) == (mode == "pasta")
+    assert any(explicit for _, explicit, _ in kv.graphs) == (mode == "pasta")
+    if span_min is None:
+        assert kv.spans_seen == {"all"}
+    else:  # the prompt needs 64 slots already
+        assert 64 in kv.spans_seen

@@ -2,8 +2,8 @@
 compiled by torch.compile (inductor), which fuses the model's small kernels; on CUDA each bucket's compiled step is
 then captured as a CUDA graph by `StaticKV`, as the eager step is.
 
-Shapes are static per bucket: a step of k tokens is padded to the smallest bucket >= k and reads the whole
-capacity. Dynamo compiles the first bucket it meets (the serial step, k = 1) with static shapes and, at the
+Shapes are static per bucket: a step of k tokens is padded to the smallest bucket >= k and reads a fixed span of
+slots (`StaticKV.spans`). Dynamo compiles the first bucket it meets (the serial step, k = 1) with static shapes and, at the
 second bucket size, one graph dynamic in k for all the others, so a model costs two compilations, not one per
 bucket. `ASPD_COMPILE_SHAPES=static` compiles one static graph per bucket instead (eight compilations): on the
 H200 a forward of 2-16 rows cost 1.3-1.4x one of a single row in the dynamic graph, and whether static shapes

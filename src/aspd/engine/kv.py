@@ -11,8 +11,10 @@ fed no later than itself (then the group/branch rule). Slots come from a free li
 when the request ends, so requests of any lengths share the cache without fragmentation, and a slot not
 written yet, or freed, is never visible. A step writes only its new slots (KV and tables); the step's mask rows
 are derived from the tables on the device. `StaticKV.run` is the one place the fast path calls the model
-(`_step`). On CUDA, steps of up to `max(BUCKETS)` tokens replay a CUDA graph captured once per bucket size;
-padding rows write to scratch slots of a padding owner that no real token sees.
+(`_step`). On CUDA, steps of up to `max(BUCKETS)` tokens replay a CUDA graph captured once per bucket size and
+span: a step reads the slots up to the smallest span (1,024 x 4^i, or the capacity) that holds every slot in use,
+so a few short requests in a large cache do not read all of it. Padding rows write to scratch slots of a padding
+owner that no real token sees, and read slot 0 (a row that sees nothing would turn into NaN).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from aspd.layout import MAIN, visibility
 # branches + <|/para|> by default); 32 and 64 cover most group openings (all prefixes in one forward); 128 and
 # 256 the steps of many requests batched together.
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+SPAN_MIN, SPAN_FACTOR = 1024, 4  # the slots a graph reads: SPAN_MIN * SPAN_FACTOR**i, or the whole capacity
 ENGINES = ("eager", "fast")
 
 
@@ -177,7 +180,7 @@ class StaticKV:
 
     def __init__(self, eng: Any, capacity: int = 1024, *, bucketed: bool | None = None,
                  compile: bool | None = None):
-        """bucketed: pad small steps to bucket sizes and read the whole capacity, as graphs must (default: on
+        """bucketed: pad small steps to bucket sizes and read a fixed span of slots, as graphs must (default: on
         CUDA, where the buckets are replayed as CUDA graphs, or when compiling). On CPU it runs the graph
         computation without graphs. compile: the bucketed step through torch.compile (`aspd.engine.compiled`;
         default: the engine's `compile`, else on CUDA only)."""
@@ -197,7 +200,8 @@ class StaticKV:
         self.capacity = 0
         self.write = torch.empty(0, dtype=torch.long, device=eng.device)  # slots the current forward writes
         self.span = 0  # key slots the current forward reads
-        self.graphs: dict[tuple[int, bool], _Graph] = {}  # (bucket, explicit rows)
+        self.graphs: dict[tuple[int, bool, int], _Graph] = {}  # (bucket, explicit rows, span)
+        self.span_min = SPAN_MIN
         self.pool: Any = None
         self._tables = torch.zeros(5, 0, dtype=torch.long, device=eng.device)  # pos, grp, br, request, feed no.
         self._free: list[int] = []  # a heap: the lowest free slot first keeps the used span short
@@ -217,6 +221,18 @@ class StaticKV:
     @property
     def free_slots(self) -> int:
         return len(self._free)
+
+    def spans(self) -> list[int]:
+        """The spans a bucketed step may read, smallest first; the last is the whole capacity (a span is kept only
+        where it reads at most half of it)."""
+        out, s = [], self.span_min
+        while 2 * s <= self.capacity:
+            out.append(s)
+            s *= SPAN_FACTOR
+        return [*out, self.capacity]
+
+    def span_for(self, high: int) -> int:
+        return next(s for s in self.spans() if s >= high)
 
     def open(self) -> Slots:
         """A new request with no slots yet."""
@@ -273,8 +289,10 @@ class StaticKV:
             allowed = lambda w: rows if w is None else rows & ((pos[:, None] - k_pos[None, :]) < w)  # noqa: E731
         else:
             own = req[:, None] == k_req[None, :]  # a request's slots are visible to that request only
-            allowed = lambda w: own & visibility(grp, br, seq, k_grp, k_br, k_seq, e.mask_mode,  # noqa: E731
-                                                 q_pos=pos, k_pos=k_pos, window=w)
+            # Padding rows also read slot 0: their own scratch slots may lie beyond the span.
+            own |= (req == PAD)[:, None] & (torch.arange(span, device=req.device) == 0)[None, :]
+            allowed = lambda w: own & (visibility(grp, br, seq, k_grp, k_br, k_seq, e.mask_mode,  # noqa: E731
+                                                  q_pos=pos, k_pos=k_pos, window=w) | (req == PAD)[:, None])
         mask = model_mask(e.windows, allowed, e.mask_dtype)
         self.write, self.span = slot, span
         out = e.model(input_ids=ids[None], position_ids=pos[None], attention_mask=mask, **self._cache_kw)
@@ -298,16 +316,15 @@ class StaticKV:
         return torch.tensor([ids + [0] * pad, pos + [0] * pad, grp + [MAIN] * pad, br + [MAIN] * pad,
                              req + [PAD] * pad, seq, slots + scratch], dtype=torch.long)
 
-    def _rows(self, part: Part | None, slots: list[int], size: int, span: int) -> torch.Tensor:
-        """Explicit rows in slot columns [size, span]; a padding row sees only its own slot (no fully masked row)."""
+    def _rows(self, part: Part | None, size: int, span: int) -> torch.Tensor:
+        """Explicit rows in slot columns [size, span]; a padding row sees slot 0 (no fully masked row)."""
         out = torch.zeros(size, span, dtype=torch.bool)
         k = 0
         if part is not None and part.rows is not None:
             k, w = part.rows.shape
             cols = torch.tensor(self.owned[part.req][:w], dtype=torch.long)
             out[:k, cols] = part.rows.cpu()
-        for r in range(k, size):
-            out[r, slots[r] if r < len(slots) else self.capacity - self.headroom + r - len(slots)] = True
+        out[k:, 0] = True
         return out
 
     def run(self, parts: Sequence[Part]) -> list[torch.Tensor]:
@@ -319,9 +336,11 @@ class StaticKV:
         explicit = parts[0].rows is not None
         if self.bucketed and k <= BUCKETS[-1]:
             size = next(b for b in BUCKETS if b >= k)
+            span = self.span_for(self.high)
             padded = self._inputs(parts, slots, size)
-            wide = self._rows(parts[0], slots, size, self.capacity) if explicit else None
-            g = (self.graphs.get((size, explicit)) or self._capture(size, explicit)) if self.graphs_on else None
+            wide = self._rows(parts[0], size, span) if explicit else None
+            key = (size, explicit, span)
+            g = (self.graphs.get(key) or self._capture(*key)) if self.graphs_on else None
             if g is not None:
                 g.inputs.copy_(padded.pin_memory(), non_blocking=True)
                 if g.rows is not None and wide is not None:
@@ -330,32 +349,38 @@ class StaticKV:
                 logits = g.logits[:k].clone()  # the graph overwrites its output at the next replay
             else:
                 dev = wide.to(self.e.device) if wide is not None else None
-                logits = self._bucket_step(padded.to(self.e.device), self.capacity, dev)[:k]
+                logits = self._bucket_step(padded.to(self.e.device), span, dev)[:k]
         else:
             inputs = self._inputs(parts, slots, k).to(self.e.device)
-            dev = self._rows(parts[0], slots, k, self.high).to(self.e.device) if explicit else None
+            dev = self._rows(parts[0], k, self.high).to(self.e.device) if explicit else None
             logits = self._step(inputs, self.high, dev)
         return list(logits.split([len(p.ids) for p in parts]))
 
     def warm(self) -> dict[str, float]:
-        """Compile and capture every bucket now (padding rows only), so that no answer pays for it later; returns
-        the seconds per bucket. A no-op for an unbucketed cache. The capacity must not grow afterwards: a larger
-        cache is new buffers and new shapes, so every bucket is captured, and compiled, again."""
+        """Compile and capture every bucket at every span now (padding rows only), so that no answer pays for it
+        later; returns the seconds per bucket ("size" at the whole capacity, "size@span" below it). A no-op for an
+        unbucketed cache. The capacity must not grow afterwards: a larger cache is new buffers and new shapes, so
+        every bucket is captured, and compiled, again."""
         if not self.bucketed:
             return {}
         with torch.inference_mode():
-            for size in BUCKETS:
-                t0 = time.perf_counter()
-                if self.graphs_on:
-                    if (size, False) not in self.graphs:
-                        self._capture(size)
-                else:
-                    inputs = self._inputs([], [], size).to(self.e.device)
-                    if not self.layers[0].is_initialized:
-                        self._step(inputs, self.capacity)  # allocates the cache, outside the compiled code
-                    self._bucket_step(inputs, self.capacity)
-                    self.capture_seconds.setdefault(str(size), round(time.perf_counter() - t0, 3))
+            for span in self.spans():
+                for size in BUCKETS:
+                    t0 = time.perf_counter()
+                    if self.graphs_on:
+                        if (size, False, span) not in self.graphs:
+                            self._capture(size, False, span)
+                    else:
+                        inputs = self._inputs([], [], size).to(self.e.device)
+                        if not self.layers[0].is_initialized:
+                            self._step(inputs, span)  # allocates the cache, outside the compiled code
+                        self._bucket_step(inputs, span)
+                        self.capture_seconds.setdefault(self._key(size, False, span),
+                                                        round(time.perf_counter() - t0, 3))
         return dict(self.capture_seconds)
+
+    def _key(self, size: int, explicit: bool, span: int) -> str:
+        return f"{size}{'+rows' if explicit else ''}{'' if span == self.capacity else f'@{span}'}"
 
     def _bucket_step(self, inputs: torch.Tensor, span: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         """A bucketed step: compiled when the engine compiles (and compiling has not failed), else eager. The cache
@@ -364,13 +389,13 @@ class StaticKV:
             return self.compiled(inputs, span, rows)
         return self._step(inputs, span, rows)
 
-    def _capture(self, size: int, explicit: bool = False) -> _Graph | None:
-        """Warm up and capture one bucket; None (and graphs off for this engine) if the model cannot be captured.
-        A compiled step that cannot be captured is dropped first, and the eager step captured instead."""
+    def _capture(self, size: int, explicit: bool, span: int) -> _Graph | None:
+        """Warm up and capture one bucket at one span; None (and graphs off for this engine) if the model cannot be
+        captured. A compiled step that cannot be captured is dropped first, and the eager step captured instead."""
         t0 = time.perf_counter()
         try:
-            g = self._try_capture(size, explicit)
-            self.capture_seconds[f"{size}{'+rows' if explicit else ''}"] = round(time.perf_counter() - t0, 3)
+            g = self._try_capture(size, explicit, span)
+            self.capture_seconds[self._key(size, explicit, span)] = round(time.perf_counter() - t0, 3)
             return g
         except Exception as err:  # a model with host syncs or dynamic control flow in its forward
             if self.compiled is not None and self.compiled.active:
@@ -379,29 +404,29 @@ class StaticKV:
                               stacklevel=3)
                 self.graphs.clear()
                 self.pool = None
-                return self._capture(size, explicit)
+                return self._capture(size, explicit, span)
             warnings.warn(f"CUDA graph capture failed ({type(err).__name__}: {err}); the fast engine goes on "
                           "without graphs", RuntimeWarning, stacklevel=3)
             self.graphs_on = False
             self.graphs.clear()
             return None
 
-    def _try_capture(self, size: int, explicit: bool) -> _Graph:
+    def _try_capture(self, size: int, explicit: bool, span: int) -> _Graph:
         # Warm-up runs write padding rows at the scratch slots: harmless, as every padding row is.
         inputs = self._inputs([], [], size).to(self.e.device)
-        rows = self._rows(None, [], size, self.capacity).to(self.e.device) if explicit else None
+        rows = self._rows(None, size, span).to(self.e.device) if explicit else None
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):  # the first may run eagerly (cache allocation), the next compiles and tunes
-                self._bucket_step(inputs, self.capacity, rows)
+                self._bucket_step(inputs, span, rows)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            logits = self._bucket_step(inputs, self.capacity, rows)
+            logits = self._bucket_step(inputs, span, rows)
         self.pool = graph.pool()
-        self.graphs[(size, explicit)] = _Graph(graph, inputs, logits, rows)
-        return self.graphs[(size, explicit)]
+        self.graphs[(size, explicit, span)] = _Graph(graph, inputs, logits, rows)
+        return self.graphs[(size, explicit, span)]
 
 
 class Slots:
