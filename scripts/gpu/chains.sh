@@ -14,6 +14,9 @@
 #          the packed grouped-query attention against HF's SDPA, which was then removed: see benchmarks/README.md.)
 # rebench: (GPU 1) the shipped pairs on Vicuna-80, NLL under the 1.5B, the pairwise and the single-answer judges
 #          (stage_judge.sh: carry .xfer/srv too).
+# measure: (one GPU, nothing beside it: benches on a host busy with another chain's compiling are not comparable)
+#          the shipped pairs on Vicuna-80, then stage_compile.sh with AB="ASPD_COMPILE_SHAPES=static", then the
+#          load test.
 # SERIAL_SHARE / MIN_LAYOUT choose the training set (stage_models.sh setup); defaults 0.2 and 1.5.
 set -uo pipefail
 w=${W:-/root/work}
@@ -68,5 +71,16 @@ case "$1" in
     done
     ASPD_COMPILE=0 CONCURRENCY=16 OUT=$OUT/judge run bash $g/stage_judge.sh qwen2.5-coder-1.5b "$w/bench" \
       .xfer/data/bench vicuna80_qwen2.5-coder-1.5b vicuna80_qwen2.5-coder-0.5b vicuna80_smollm2-135m ;;
-  *) echo "usage: $0 flagship|engine|packed|rebench" >&2; exit 2 ;;
+  measure)
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .xfer/whl/*.whl 2>/dev/null || true
+    for b in qwen2.5-coder-0.5b smollm2-135m qwen2.5-coder-1.5b; do
+      run python3 -m aspd.cli models fetch $b --gguf /root/models/$b.gguf -q
+    done
+    for b in qwen2.5-coder-0.5b smollm2-135m qwen2.5-coder-1.5b; do
+      bench $b vicuna_bench.jsonl vicuna80_$b 300
+    done
+    AB="ASPD_COMPILE_SHAPES=static" MODELS="smollm2-135m qwen2.5-coder-0.5b" OUT=$OUT/compile \
+      run bash $g/stage_compile.sh 720
+    ASPD_COMPILE=0 OUT=$OUT/load run bash $g/stage_load.sh ;;
+  *) echo "usage: $0 flagship|engine|packed|rebench|measure" >&2; exit 2 ;;
 esac
