@@ -66,11 +66,15 @@ class DynamicKV:
     """The reference path: an HF DynamicCache, slot tables grown by concatenation, masks over every fed slot."""
 
     def __init__(self, eng: Any):
+        self.e = eng
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget every fed slot: the next feed starts a new sequence (a decoder's next stage)."""
         from transformers import DynamicCache
 
-        self.e = eng
         self.cache = DynamicCache()  # every layer keeps every slot; sliding windows live in the mask
-        empty = lambda: torch.empty(0, dtype=torch.long, device=eng.device)  # noqa: E731
+        empty = lambda: torch.empty(0, dtype=torch.long, device=self.e.device)  # noqa: E731
         self.pos, self.grp, self.br = empty(), empty(), empty()
 
     @property
@@ -440,6 +444,11 @@ class Slots:
         phys = self._idx()[idx]
         rerotate_keys(self.kv.e.model, self.kv.cache, phys, self.kv._tables[0, phys], new_pos)
         self.kv._tables[0, phys] = new_pos
+
+    def clear(self) -> None:
+        """Give every slot back but stay open: the next feed starts a new sequence (a decoder's next stage)."""
+        self.kv.close(self.req)
+        self.kv.owned[self.req] = []
 
     def close(self) -> None:
         self.kv.close(self.req)
