@@ -12,6 +12,7 @@ from test_engine_batch import alone, batched, forced, same
 from aspd.engine import HybridEngine, Limits
 from aspd.engine.kv import StaticKV
 from aspd.engine.sot import generate_sot
+from aspd.pasta.tokens import add_pasta_tokens
 from aspd.sample import end_of_turn_ids
 from aspd.testing import tiny_model, tiny_tokenizer
 from aspd.tokens import add_control_tokens, text_ids
@@ -105,3 +106,49 @@ def test_sot_reads_control_tokens_as_borrowed_rows_would():
     ref = generate_sot(ref_eng, QUESTION, limits=lim, skeleton=["Diet", "Sleep", "Work"], record=True)
     assert g.stats.branches == [3]
     same(ref, g)
+
+
+def pasta_engine(arch: str, bucketed: bool) -> HybridEngine:
+    tok = tiny_tokenizer()
+    model = tiny_model(arch, len(tok))
+    add_control_tokens(tok, model)
+    add_pasta_tokens(tok, model)  # rows at the mean: the random model never picks a tag itself
+    eng = HybridEngine(model, tok, engine="fast")
+    eng._static = StaticKV(eng, capacity=64, bucketed=bucketed)
+    return eng
+
+
+def pasta_prefix(eng: HybridEngine, *parts) -> list[int]:
+    """Main-stream tokens: str parts are text, ints are tag ids; ends with an end-of-turn id."""
+    out: list[int] = []
+    for p in parts:
+        out += text_ids(eng.tokenizer, p) if isinstance(p, str) else [p]
+    return [*out, min(eng.eot)]
+
+
+@pytest.mark.parametrize("arch,bucketed", [("llama", False), ("gemma3", True)])
+def test_batched_pasta_equals_alone(arch, bucketed):
+    """Two PASTA requests (explicit rows, two of them in one forward) beside SoT, hybrid and serial ones."""
+    eng = pasta_engine(arch, bucketed)
+    tg = eng.pasta
+    specs = [
+        dict(ids=eng.prompt_ids("List two things."), mode="pasta", limits=Limits(max_new_tokens=60, max_branch_tokens=7),
+             answer_prefix=pasta_prefix(eng, tg.scope, "A:", tg.promise, " B:", tg.promise, tg.scope_end, " ok")),
+        dict(ids=eng.prompt_ids("Give three tips."), mode="hybrid", answer_prefix=forced(eng),
+             limits=Limits(max_new_tokens=30, max_branch_tokens=8)),
+        dict(ids=eng.prompt_ids("Two more?"), mode="pasta", limits=Limits(max_new_tokens=50, max_branch_tokens=5),
+             answer_prefix=pasta_prefix(eng, "Sure:", tg.scope, tg.promise, tg.scope, tg.promise, tg.scope_end,
+                                        tg.scope_end, "!")),
+        dict(ids=[], messages="Give tips.", mode="sot", answer_prefix=skeleton(eng, "1. Diet\n2. Sleep\n"),
+             limits=Limits(max_new_tokens=120, max_branch_tokens=9)),
+        dict(ids=eng.prompt_ids("Hi"), mode="serial", limits=Limits(max_new_tokens=12)),
+    ]
+    refs = [alone_sot(eng, s) for s in specs]
+    assert refs[0].stats.branches == [2] and refs[2].stats.groups == 2 and refs[3].stats.branches == [2]
+    got, batch, widest = batched(eng, specs, join_at=[0, 2, 1, 4, 3])
+    assert widest == 5
+    for ref, g in zip(refs, got, strict=True):
+        same(ref, g)
+        assert (g.text, g.markup) == (ref.text, ref.markup)
+    kv = eng._static
+    assert not kv.owned and kv.free_slots == kv.capacity - kv.headroom

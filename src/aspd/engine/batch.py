@@ -47,11 +47,14 @@ DEFAULT_MAX_SLOTS = 1 << 15
 def reservation(prompt_tokens: int, mode: str, limits: Limits) -> int:
     """Cache slots a request may take at most: its prompt, every sampled token, and in hybrid mode the tokens the
     engine inserts itself (a branch prefix per title, about as long as the title the model wrote, plus the
-    tag and ':' tokens, and `<|/para|>`), bounded by the budget."""
+    tag and ':' tokens, and `<|/para|>`), bounded by the budget; in pasta mode an `<async>` per promise. (SoT
+    reserves its larger stage: `aspd.engine.sot.reservation_sot`.)"""
     extra = 0
     if mode == "hybrid":
         extra = min(limits.max_new_tokens + 4 * limits.max_branches * limits.max_groups,
                     limits.max_groups * limits.max_branches * (limits.max_title_tokens + 4))
+    elif mode == "pasta":  # every sampled <promise/> brings the <async> the engine feeds
+        extra = limits.max_new_tokens
     return prompt_tokens + limits.max_new_tokens + extra + 1
 
 
@@ -122,8 +125,7 @@ class BatchEngine:
         """Queue a request (FIFO); it starts at a step boundary when it fits. A `sot` request gives its question
         as `messages` (text or chat messages)."""
         if req.mode not in STEPPED:
-            raise ValueError(f"batched decoding takes modes {', '.join(STEPPED)}; run {req.mode!r} alone "
-                             "with HybridEngine.generate")
+            raise ValueError(f"mode must be one of {', '.join(STEPPED)}; not {req.mode!r}")
         if req.mode == "sot":
             from aspd.engine.sot import reservation_sot
 

@@ -28,7 +28,7 @@ from aspd.sample import Message, end_of_turn_ids, prompt_ids
 from aspd.tokens import DEFAULT_TOKENS, ControlIds, add_control_tokens, branch_prefix_ids
 
 MODES = ("hybrid", "serial", "pasta", "sot")
-STEPPED = ("hybrid", "serial", "sot")  # the modes whose decoder can be stepped, so batched with other requests
+STEPPED = MODES  # the modes whose decoder can be stepped, so batched with other requests: all of them
 __all__ = ["MAIN_STREAM", "MODES", "STEPPED", "Event", "Feed", "Generation", "HybridEngine", "Limits", "Stats",
            "Stepped"]
 
