@@ -11,11 +11,14 @@
   request's worst case (`reservation`), so a running request never waits for memory; if a request feeds more
   than its estimate, the pool grows rather than fail.
 
-Each request is a stepped decoder (`HybridEngine.decoder`) with its own sampling parameters, limits and seeded
+Each request is a stepped decoder (`HybridEngine.decoder`, an `aspd.engine.core.Stepped`) with its own sampling parameters, limits and seeded
 generator: its greedy tokens (and its seeded draws, up to float rounding) are those it gets run alone.
-Requests join and leave at step boundaries. Hybrid and serial requests are stepped; PASTA and SoT answers run
-alone (`HybridEngine.generate`). The eager engine has no shared cache: its requests are interleaved step by
-step, one forward each.
+Requests join and leave at step boundaries. Every mode is stepped: hybrid and serial (`_Run`), PASTA (its feeds
+carry explicit visibility rows, which the runner applies to that request's rows only) and SoT (a serial
+skeleton, then a hybrid expansion, on the request's own cache view; a `sot` request gives its question as
+`messages`). Nothing a request does is visible to another (SoT reads control tokens as text in its own feeds,
+never by changing the shared model). The eager engine has no shared cache: its requests are interleaved step
+by step, one forward each.
 
 A BatchEngine is driven from one thread (`step`, `submit`); `BatchRequest.cancel` may come from any thread.
 """
