@@ -125,7 +125,7 @@ class CpuGraphKV(StaticKV):
         from aspd.engine.kv import _Graph
 
         inputs = self._inputs([], [], size).to(self.e.device)
-        rows = self._rows(None, [], size, self.capacity).to(self.e.device) if explicit else None
+        rows = self._rows([], [], size, self.capacity).to(self.e.device) if explicit else None
         logits = self._step(inputs, self.capacity, rows)
 
         class Replay:
