@@ -155,8 +155,10 @@ def test_a_failing_request_does_not_stop_the_others():
         batch.step()
     assert isinstance(bad.error, RuntimeError) and bad.result is None
     same(ref, good.result)
-    with pytest.raises(ValueError, match="batched decoding takes modes"):
-        batch.submit(BatchRequest(ids=[1, 2], mode="pasta"))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        batch.submit(BatchRequest(ids=[1, 2], mode="beam"))
+    with pytest.raises(ValueError, match="give it as messages"):
+        batch.submit(BatchRequest(ids=[1, 2], mode="sot"))
 
 
 def test_eager_engine_interleaves_requests():

@@ -126,7 +126,7 @@ class CpuGraphKV(StaticKV):
         from aspd.engine.kv import _Graph
 
         inputs = self._inputs([], [], size).to(self.e.device)
-        rows = self._rows(None, size, span).to(self.e.device) if explicit else None
+        rows = self._rows([], size, span).to(self.e.device) if explicit else None
         logits = self._step(inputs, span, rows)
 
         class Replay:

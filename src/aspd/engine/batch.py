@@ -11,11 +11,14 @@
   request's worst case (`reservation`), so a running request never waits for memory; if a request feeds more
   than its estimate, the pool grows rather than fail.
 
-Each request is a stepped decoder (`HybridEngine.decoder`) with its own sampling parameters, limits and seeded
+Each request is a stepped decoder (`HybridEngine.decoder`, an `aspd.engine.core.Stepped`) with its own sampling parameters, limits and seeded
 generator: its greedy tokens (and its seeded draws, up to float rounding) are those it gets run alone.
-Requests join and leave at step boundaries. Hybrid and serial requests are stepped; PASTA and SoT answers run
-alone (`HybridEngine.generate`). The eager engine has no shared cache: its requests are interleaved step by
-step, one forward each.
+Requests join and leave at step boundaries. Every mode is stepped: hybrid and serial (`_Run`), PASTA (its feeds
+carry explicit visibility rows, which the runner applies to that request's rows only) and SoT (a serial
+skeleton, then a hybrid expansion, on the request's own cache view; a `sot` request gives its question as
+`messages`). Nothing a request does is visible to another (SoT reads control tokens as text in its own feeds,
+never by changing the shared model). The eager engine has no shared cache: its requests are interleaved step
+by step, one forward each.
 
 A BatchEngine is driven from one thread (`step`, `submit`); `BatchRequest.cancel` may come from any thread.
 """
@@ -36,6 +39,7 @@ from aspd.engine.core import STEPPED, Feed, HybridEngine
 from aspd.engine.kv import DynamicKV, Part, Slots
 from aspd.engine.sampling import SamplingParams
 from aspd.engine.types import Event, Generation, Limits
+from aspd.sample import Message
 
 log = logging.getLogger("aspd.engine.batch")
 
@@ -46,11 +50,14 @@ DEFAULT_MAX_SLOTS = 1 << 15
 def reservation(prompt_tokens: int, mode: str, limits: Limits) -> int:
     """Cache slots a request may take at most: its prompt, every sampled token, and in hybrid mode the tokens the
     engine inserts itself (a branch prefix per title, about as long as the title the model wrote, plus the
-    tag and ':' tokens, and `<|/para|>`), bounded by the budget."""
+    tag and ':' tokens, and `<|/para|>`), bounded by the budget; in pasta mode an `<async>` per promise. (SoT
+    reserves its larger stage: `aspd.engine.sot.reservation_sot`.)"""
     extra = 0
     if mode == "hybrid":
         extra = min(limits.max_new_tokens + 4 * limits.max_branches * limits.max_groups,
                     limits.max_groups * limits.max_branches * (limits.max_title_tokens + 4))
+    elif mode == "pasta":  # every sampled <promise/> brings the <async> the engine feeds
+        extra = limits.max_new_tokens
     return prompt_tokens + limits.max_new_tokens + extra + 1
 
 
@@ -59,15 +66,16 @@ class BatchRequest:
     """One request in a BatchEngine. `on_start` runs when it is admitted; `on_done` when it leaves (finished,
     failed or cancelled): then exactly one of `result`, `error` is set, or neither when it was cancelled."""
 
-    ids: list[int]
+    ids: list[int]  # the prompt; for `sot`, left empty it is filled from `messages` (for accounting)
     mode: str = "hybrid"
     sampling: SamplingParams = field(default_factory=SamplingParams)
     limits: Limits = field(default_factory=Limits)
-    answer_prefix: Sequence[int] = ()
+    answer_prefix: Sequence[int] = ()  # forced ids at the start of the answer (sot: of its skeleton)
     on_event: Callable[[Event], None] | None = None
     record: bool = False
     on_start: Callable[[BatchRequest], None] | None = None
     on_done: Callable[[BatchRequest], None] | None = None
+    messages: str | Sequence[Message] | None = None  # sot: the question (SoT writes its own prompts from it)
     cancelled: threading.Event = field(default_factory=threading.Event)
     result: Generation | None = None
     error: BaseException | None = None
@@ -117,14 +125,22 @@ class BatchEngine:
         return bool(self.waiting or self.running)
 
     def submit(self, req: BatchRequest) -> BatchRequest:
-        """Queue a request (FIFO); it starts at a step boundary when it fits. Modes other than hybrid and serial
-        cannot be stepped beside others: use `HybridEngine.generate`."""
+        """Queue a request (FIFO); it starts at a step boundary when it fits. A `sot` request gives its question
+        as `messages` (text or chat messages)."""
         if req.mode not in STEPPED:
-            raise ValueError(f"batched decoding takes modes {', '.join(STEPPED)}; run {req.mode!r} alone "
-                             "with HybridEngine.generate")
-        if not req.ids:
+            raise ValueError(f"mode must be one of {', '.join(STEPPED)}; not {req.mode!r}")
+        if req.mode == "sot":
+            from aspd.engine.sot import reservation_sot
+
+            if req.messages is None:
+                raise ValueError("mode 'sot' rewrites the question into its own prompts: give it as messages")
+            prompt = HybridEngine._sot_prompt(req.messages)
+            req.ids = req.ids or self.e.prompt_ids(prompt)
+            req.reserved = reservation_sot(self.e, prompt, req.limits)
+        elif not req.ids:
             raise ValueError("empty prompt")
-        req.reserved = reservation(len(req.ids), req.mode, req.limits)
+        else:
+            req.reserved = reservation(len(req.ids), req.mode, req.limits)
         self.waiting.append(req)
         return req
 
@@ -170,8 +186,9 @@ class BatchEngine:
             try:
                 e = self.e
                 r._kv = DynamicKV(e) if e.engine == "eager" else e.static_kv(r.reserved).open()
-                run = e.decoder(r.ids, r._kv, mode=r.mode, sampling=r.sampling, limits=r.limits,
-                                answer_prefix=r.answer_prefix, on_event=r.on_event, record=r.record)
+                prompt = r.messages if r.mode == "sot" else r.ids
+                run = e.decoder(prompt, r._kv, mode=r.mode, sampling=r.sampling,  # type: ignore[arg-type]
+                                limits=r.limits, answer_prefix=r.answer_prefix, on_event=r.on_event, record=r.record)
                 r._steps = run.steps()
                 r._feed = next(r._steps)
             except Exception as err:  # noqa: BLE001 - the request fails, the others go on
@@ -182,12 +199,12 @@ class BatchEngine:
         t0 = time.perf_counter()
         try:
             if self.e.engine == "eager":  # no shared cache: one forward per request
-                outs = [r._kv.feed(r._feed.ids, r._feed.pos, r._feed.grp, r._feed.br)  # type: ignore[union-attr]
-                        for r in batch]
+                outs = [r._kv.feed(r._feed.ids, r._feed.pos, r._feed.grp, r._feed.br,  # type: ignore[union-attr]
+                                   r._feed.rows) for r in batch]
             else:
                 kv = self.e.static_kv()
-                outs = kv.run([Part(r._kv.req, r._feed.ids, r._feed.pos, r._feed.grp, r._feed.br)  # type: ignore
-                               for r in batch])
+                outs = kv.run([Part(r._kv.req, r._feed.ids, r._feed.pos, r._feed.grp, r._feed.br,  # type: ignore
+                                    r._feed.rows) for r in batch])
         except Exception as err:  # noqa: BLE001 - a failed forward fails the requests in it, not the engine
             log.exception("batched forward failed")
             for r in batch:

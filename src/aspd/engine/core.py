@@ -28,18 +28,65 @@ from aspd.sample import Message, end_of_turn_ids, prompt_ids
 from aspd.tokens import DEFAULT_TOKENS, ControlIds, add_control_tokens, branch_prefix_ids
 
 MODES = ("hybrid", "serial", "pasta", "sot")
-STEPPED = ("hybrid", "serial")  # the modes whose decoder can be stepped, so batched with other requests
-__all__ = ["MAIN_STREAM", "MODES", "STEPPED", "Event", "Feed", "Generation", "HybridEngine", "Limits", "Stats"]
+STEPPED = MODES  # the modes whose decoder can be stepped, so batched with other requests: all of them
+__all__ = ["MAIN_STREAM", "MODES", "STEPPED", "Event", "Feed", "Generation", "HybridEngine", "Limits", "Stats",
+           "Stepped"]
 
 
 @dataclass
 class Feed:
-    """What a stepped decoder asks to feed next: tokens of any of its owners, in one forward."""
+    """What a stepped decoder asks to feed next: tokens of any of its owners, in one forward. rows: explicit
+    bool [k, its slots so far + k] visibility in its own feed order (PASTA) instead of the group/branch rule."""
 
     ids: list[int]
     pos: list[int]
     grp: list[int]
     br: list[int]
+    rows: torch.Tensor | None = None
+
+
+class Stepped:
+    """A decoder that can be stepped: `steps()` is a generator that yields the next `Feed` and takes its logits
+    back, so a driver decides when (and beside which other requests) each forward runs; `execute()` runs it
+    alone on its cache view `kv`. Subclasses set `kv`, `stats`, `record` and `on_event`."""
+
+    kv: DynamicKV | Slots
+    stats: Stats
+    record: bool
+    on_event: Callable[[Event], None] | None
+    slots: list[tuple[int, int, int, int]]  # with `record`: every fed token (id, position, group, branch)
+    logits: list[torch.Tensor]  # with `record`: its logits
+
+    def steps(self) -> Generator[Feed, torch.Tensor, Generation]:
+        raise NotImplementedError
+
+    def emit(self, ev: Event) -> None:
+        if self.on_event is not None:
+            self.on_event(ev)
+
+    def step(self, ids: list[int], pos: list[int], grp: list[int], br: list[int],
+             rows: torch.Tensor | None = None) -> Generator[Feed, torch.Tensor, torch.Tensor]:
+        """Ask the driver to feed tokens (any owners) in one forward; gives back their logits [n, V]."""
+        logits = yield Feed(ids, pos, grp, br, rows)
+        self.stats.forwards += 1
+        if self.record:
+            self.slots.extend(zip(ids, pos, grp, br, strict=True))
+            self.logits.extend(logits.float().cpu())
+        return logits
+
+    def execute(self) -> Generation:
+        """Run the answer alone: every feed is its own forward."""
+        return run_alone(self.steps(), self.kv)
+
+
+def run_alone(steps: Generator[Feed, torch.Tensor, Generation], kv: DynamicKV | Slots) -> Generation:
+    """Drive a stepped decoder to its end, one forward of its own per feed."""
+    feed = next(steps)
+    while True:
+        try:
+            feed = steps.send(kv.feed(feed.ids, feed.pos, feed.grp, feed.br, feed.rows))
+        except StopIteration as done:
+            return done.value
 
 
 
@@ -171,39 +218,40 @@ class HybridEngine:
         `pasta` decodes PASTA-LANG (a model trained with `aspd train --format pasta`); `sot` is
         Skeleton-of-Thought (any instruct model: a prompted outline, then every point expanded in one group).
 
-        `answer_prefix` ids are fed as if the model had produced them (forced structure for tests and demos).
-        `record` keeps every slot and its logits for verification.
+        `answer_prefix` ids are fed as if the model had produced them (forced structure for tests and demos; for
+        `sot`, the start of its skeleton). `record` keeps every slot and its logits for verification (for `sot`,
+        those of its answer stage). Every mode runs through its stepped decoder (`decoder`), alone.
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; not {mode!r}")
-        ids = self.to_ids(prompt, chat=chat)
         sp, lim = sampling or SamplingParams(), limits or Limits()
         if mode == "sot":
-            from aspd.engine.sot import generate_sot
+            from aspd.engine.sot import reservation_sot
 
-            if not isinstance(prompt, str) and prompt and not isinstance(prompt[0], dict):
-                raise ValueError("mode 'sot' rewrites the question into its own prompts: give text or messages")
-            return generate_sot(self, prompt, sampling=sp, limits=lim, on_event=on_event)  # type: ignore[arg-type]
+            capacity = reservation_sot(self, self._sot_prompt(prompt), lim)
+        else:
+            prompt = self.to_ids(prompt, chat=chat)
+            capacity = len(prompt) + lim.max_new_tokens + 256
+        return self.alone(lambda kv: self.decoder(prompt, kv, mode=mode, sampling=sp, limits=lim,  # type: ignore
+                                                  answer_prefix=answer_prefix, on_event=on_event, record=record),
+                          capacity)
 
-        def run(kv: DynamicKV | Slots) -> Generation:
-            if mode == "pasta":
-                from aspd.engine.pasta import PastaRun
-
-                sampler = StreamSampler(sp, self.vocab, self.device) if isinstance(kv, DynamicKV) \
-                    else BatchSampler(sp, self.vocab, self.device)
-                return PastaRun(self, ids, sp, lim, list(answer_prefix), on_event, record, kv, sampler,
-                                self.promise_len).execute()
-            return self.decoder(ids, kv, mode=mode, sampling=sp, limits=lim, answer_prefix=answer_prefix,
-                                on_event=on_event, record=record).execute()
-
+    def alone(self, make: Callable[[DynamicKV | Slots], Stepped], capacity: int) -> Generation:
+        """Run the decoder `make` builds on a cache view of its own (holding the fast engine's cache meanwhile)."""
         if self.engine == "eager":
-            return run(DynamicKV(self))
+            return make(DynamicKV(self)).execute()
         with self._lock:
-            slots = self.static_kv(len(ids) + lim.max_new_tokens + 256).open()
+            slots = self.static_kv(capacity).open()
             try:
-                return run(slots)
+                return make(slots).execute()
             finally:
                 slots.close()
+
+    @staticmethod
+    def _sot_prompt(prompt: str | Sequence[Message] | Sequence[int]) -> str | Sequence[Message]:
+        if isinstance(prompt, str) or (prompt and isinstance(prompt[0], dict)):
+            return prompt  # type: ignore[return-value]
+        raise ValueError("mode 'sot' rewrites the question into its own prompts: give text or messages")
 
     def to_ids(self, prompt: str | Sequence[Message] | Sequence[int], *, chat: bool = True) -> list[int]:
         """A prompt as token ids: ids as given, text or messages through the chat template (or not, chat=False)."""
@@ -230,25 +278,37 @@ class HybridEngine:
         with self._lock:
             return self.static_kv(capacity).warm()
 
-    def decoder(self, ids: list[int], kv: DynamicKV | Slots, *, mode: str = "hybrid",
-                sampling: SamplingParams | None = None, limits: Limits | None = None,
+    def decoder(self, prompt: Sequence[int] | str | Sequence[Message], kv: DynamicKV | Slots, *,
+                mode: str = "hybrid", sampling: SamplingParams | None = None, limits: Limits | None = None,
                 answer_prefix: Sequence[int] = (), on_event: Callable[[Event], None] | None = None,
-                record: bool = False) -> _Run:
-        """A stepped decoder of one answer (hybrid or serial) over its cache view `kv`: `steps()` yields what to
-        feed next and takes the logits back (`aspd.engine.batch` steps many in one forward); `execute()` runs
-        it alone. Its sampler is its own (seeded by `sampling.seed`), whatever runs beside it."""
-        if mode not in STEPPED:
-            raise ValueError(f"only modes {', '.join(STEPPED)} can be stepped; not {mode!r}")
+                record: bool = False) -> Stepped:
+        """A stepped decoder of one answer over its cache view `kv`: `steps()` yields what to feed next and takes
+        the logits back (`aspd.engine.batch` steps many in one forward); `execute()` runs it alone. Its sampler is
+        its own (seeded by `sampling.seed`), whatever runs beside it, and so is everything else it changes.
+        `prompt`: token ids, or for `sot` the question as text or chat messages (SoT writes its own prompts);
+        for `sot`, `answer_prefix` forces the start of the skeleton (its first answer) in place of "1."."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; not {mode!r}")
         sp, lim = sampling or SamplingParams(), limits or Limits()
+        if mode == "sot":
+            from aspd.engine.sot import SotRun
+
+            return SotRun(self, self._sot_prompt(prompt), kv, sp, lim, on_event, record=record,
+                          skeleton_prefix=list(answer_prefix) or None)
+        ids = self.to_ids(prompt)
         sampler = StreamSampler(sp, self.vocab, self.device) if isinstance(kv, DynamicKV) \
             else BatchSampler(sp, self.vocab, self.device)
+        if mode == "pasta":
+            from aspd.engine.pasta import PastaRun
+
+            return PastaRun(self, ids, sp, lim, list(answer_prefix), on_event, record, kv, sampler,
+                            self.promise_len)
         return _Run(self, ids, mode == "hybrid", sp, lim, list(answer_prefix), on_event, record, kv, sampler)
 
 
-class _Run:
-    """One answer as a stepped decoder: `steps()` is a generator that yields the next `Feed` and takes its logits
-    back, so a driver decides when (and beside which other requests) each forward runs. State: the cache view,
-    position planner, sampler and the output being assembled."""
+class _Run(Stepped):
+    """One hybrid or serial answer as a stepped decoder. State: the cache view, position planner, sampler and
+    the output being assembled."""
 
     def __init__(self, eng: HybridEngine, prompt: list[int], hybrid: bool, sp: SamplingParams, limits: Limits,
                  forced: list[int], on_event: Callable[[Event], None] | None, record: bool,
@@ -267,39 +327,11 @@ class _Run:
 
     # ---------------------------------------------------------------- plumbing
 
-    def emit(self, ev: Event) -> None:
-        if self.on_event is not None:
-            self.on_event(ev)
-
     def emit_token(self, stream: Stream, tok: int) -> None:
         if self.on_event is None:
             return
         d = self.detok.setdefault(stream, Detokenizer(self.e.tokenizer))
         self.emit(Event("token", stream, tok, d.push(tok)))
-
-    def forward(self, ids: list[int], pos: list[int], grp: list[int], br: list[int]) -> torch.Tensor:
-        """Run one feed alone on this answer's cache view; returns its logits [n, V]."""
-        return self.kv.feed(ids, pos, grp, br)
-
-    def step(self, ids: list[int], pos: list[int], grp: list[int],
-             br: list[int]) -> Generator[Feed, torch.Tensor, torch.Tensor]:
-        """Ask the driver to feed tokens (any owners) in one forward; gives back their logits [n, V]."""
-        logits = yield Feed(ids, pos, grp, br)
-        self.stats.forwards += 1
-        if self.record:
-            self.slots.extend(zip(ids, pos, grp, br, strict=True))
-            self.logits.extend(logits.float().cpu())
-        return logits
-
-    def execute(self) -> Generation:
-        """Run the answer alone: every feed is its own forward."""
-        steps = self.steps()
-        feed = next(steps)
-        while True:
-            try:
-                feed = steps.send(self.forward(feed.ids, feed.pos, feed.grp, feed.br))
-            except StopIteration as done:
-                return done.value
 
     def draw(self, logits: torch.Tensor, streams: list[Stream], banned: list[torch.Tensor | None],
              hist: list[list[int]]) -> list[int]:

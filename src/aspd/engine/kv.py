@@ -69,11 +69,15 @@ class DynamicKV:
     """The reference path: an HF DynamicCache, slot tables grown by concatenation, masks over every fed slot."""
 
     def __init__(self, eng: Any):
+        self.e = eng
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget every fed slot: the next feed starts a new sequence (a decoder's next stage)."""
         from transformers import DynamicCache
 
-        self.e = eng
         self.cache = DynamicCache()  # every layer keeps every slot; sliding windows live in the mask
-        empty = lambda: torch.empty(0, dtype=torch.long, device=eng.device)  # noqa: E731
+        empty = lambda: torch.empty(0, dtype=torch.long, device=self.e.device)  # noqa: E731
         self.pos, self.grp, self.br = empty(), empty(), empty()
 
     @property
@@ -165,7 +169,7 @@ FREE, PAD = -1, -2  # request ids of a free slot and of the padding rows' scratc
 @dataclass
 class Part:
     """One request's tokens in a batched forward. rows: explicit bool [k, its slots so far + k] visibility in
-    the request's own feed order (PASTA), instead of the group/branch rule; only in a forward of one part."""
+    the request's own feed order (PASTA), instead of the group/branch rule (other parts keep the rule)."""
 
     req: int
     ids: list[int]
@@ -280,19 +284,24 @@ class StaticKV:
 
     def _step(self, inputs: torch.Tensor, span: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         """inputs [7, k]: ids, pos, grp, br, request, feed number, slot. Writes the tables and the cache at `slot`;
-        reads `span` slots. rows: explicit bool [k, span] visibility (PASTA) in place of the owner rule."""
+        reads `span` slots. rows: explicit bool [k, span] visibility (PASTA) in place of the owner rule, for the
+        rows that have any (the rows of requests without explicit visibility are all False)."""
         e = self.e
         ids, pos, grp, br, req, seq, slot = inputs
         self._tables.index_copy_(1, slot, inputs[1:6])
         k_pos, k_grp, k_br, k_req, k_seq = self._tables[:, :span]
-        if rows is not None:
-            allowed = lambda w: rows if w is None else rows & ((pos[:, None] - k_pos[None, :]) < w)  # noqa: E731
-        else:
-            own = req[:, None] == k_req[None, :]  # a request's slots are visible to that request only
-            # Padding rows also read slot 0: their own scratch slots may lie beyond the span.
-            own |= (req == PAD)[:, None] & (torch.arange(span, device=req.device) == 0)[None, :]
-            allowed = lambda w: own & (visibility(grp, br, seq, k_grp, k_br, k_seq, e.mask_mode,  # noqa: E731
-                                                  q_pos=pos, k_pos=k_pos, window=w) | (req == PAD)[:, None])
+        own = req[:, None] == k_req[None, :]  # a request's slots are visible to that request only
+        pad = (req == PAD)[:, None]
+        # Padding rows also read slot 0: their own scratch slots may lie beyond the span.
+        own |= pad & (torch.arange(span, device=req.device) == 0)[None, :]
+        rule = lambda w: own & (visibility(grp, br, seq, k_grp, k_br, k_seq, e.mask_mode,  # noqa: E731
+                                           q_pos=pos, k_pos=k_pos, window=w) | pad)
+        if rows is None:
+            allowed = rule
+        else:  # a row with explicit visibility sees at least itself; the other requests' rows are all False
+            explicit = rows.any(-1, keepdim=True)
+            allowed = lambda w: torch.where(  # noqa: E731
+                explicit, rows if w is None else rows & ((pos[:, None] - k_pos[None, :]) < w), rule(w))
         mask = model_mask(e.windows, allowed, e.mask_dtype)
         self.write, self.span = slot, span
         out = e.model(input_ids=ids[None], position_ids=pos[None], attention_mask=mask, **self._cache_kw)
@@ -316,29 +325,30 @@ class StaticKV:
         return torch.tensor([ids + [0] * pad, pos + [0] * pad, grp + [MAIN] * pad, br + [MAIN] * pad,
                              req + [PAD] * pad, seq, slots + scratch], dtype=torch.long)
 
-    def _rows(self, part: Part | None, size: int, span: int) -> torch.Tensor:
-        """Explicit rows in slot columns [size, span]; a padding row sees slot 0 (no fully masked row)."""
+    def _rows(self, parts: Sequence[Part], size: int, span: int) -> torch.Tensor:
+        """Explicit rows in slot columns [size, span]: a part's own rows where it has them, all False (the owner
+        rule) for the other parts; a padding row sees slot 0 (no fully masked row)."""
         out = torch.zeros(size, span, dtype=torch.bool)
         k = 0
-        if part is not None and part.rows is not None:
-            k, w = part.rows.shape
-            cols = torch.tensor(self.owned[part.req][:w], dtype=torch.long)
-            out[:k, cols] = part.rows.cpu()
+        for part in parts:
+            if part.rows is not None:
+                n, w = part.rows.shape
+                cols = torch.tensor(self.owned[part.req][:w], dtype=torch.long)
+                out[k : k + n, cols] = part.rows.cpu()
+            k += len(part.ids)
         out[k:, 0] = True
         return out
 
     def run(self, parts: Sequence[Part]) -> list[torch.Tensor]:
         """One forward for the tokens of every part (one request each); returns each part's logits [k, V]."""
-        if any(p.rows is not None for p in parts) and len(parts) != 1:
-            raise ValueError("explicit visibility rows are only taken in a forward of one request")
         k = sum(len(p.ids) for p in parts)
         slots = [s for p in parts for s in self._alloc(p.req, len(p.ids))]
-        explicit = parts[0].rows is not None
+        explicit = any(p.rows is not None for p in parts)
         if self.bucketed and k <= BUCKETS[-1]:
             size = next(b for b in BUCKETS if b >= k)
             span = self.span_for(self.high)
             padded = self._inputs(parts, slots, size)
-            wide = self._rows(parts[0], size, span) if explicit else None
+            wide = self._rows(parts, size, span) if explicit else None
             key = (size, explicit, span)
             g = (self.graphs.get(key) or self._capture(*key)) if self.graphs_on else None
             if g is not None:
@@ -352,7 +362,7 @@ class StaticKV:
                 logits = self._bucket_step(padded.to(self.e.device), span, dev)[:k]
         else:
             inputs = self._inputs(parts, slots, k).to(self.e.device)
-            dev = self._rows(parts[0], k, self.high).to(self.e.device) if explicit else None
+            dev = self._rows(parts, k, self.high).to(self.e.device) if explicit else None
             logits = self._step(inputs, self.high, dev)
         return list(logits.split([len(p.ids) for p in parts]))
 
@@ -414,7 +424,7 @@ class StaticKV:
     def _try_capture(self, size: int, explicit: bool, span: int) -> _Graph:
         # Warm-up runs write padding rows at the scratch slots: harmless, as every padding row is.
         inputs = self._inputs([], [], size).to(self.e.device)
-        rows = self._rows(None, size, span).to(self.e.device) if explicit else None
+        rows = self._rows([], size, span).to(self.e.device) if explicit else None
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -465,6 +475,11 @@ class Slots:
         phys = self._idx()[idx]
         rerotate_keys(self.kv.e.model, self.kv.cache, phys, self.kv._tables[0, phys], new_pos)
         self.kv._tables[0, phys] = new_pos
+
+    def clear(self) -> None:
+        """Give every slot back but stay open: the next feed starts a new sequence (a decoder's next stage)."""
+        self.kv.close(self.req)
+        self.kv.owned[self.req] = []
 
     def close(self) -> None:
         self.kv.close(self.req)

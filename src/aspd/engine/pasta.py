@@ -8,17 +8,21 @@ What each token sees and its position come from `aspd.pasta.sync.SyncTracker`, t
 
 The answer is the main stream with every promise replaced by its span's text (recursively); `markup` keeps
 the PASTA training form (`<promise/><async>...</async>` in place).
+
+`PastaRun` is a stepped decoder like the others (`aspd.engine.core.Stepped`): each forward's feed carries the
+tracker's visibility as explicit rows over the request's own slots, so it is batched beside other requests.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
+from aspd.engine.core import Feed, Stepped
 from aspd.engine.kv import DynamicKV, Slots
 from aspd.engine.sampling import MAIN_STREAM, BatchSampler, SamplingParams, Stream, StreamSampler
 from aspd.engine.types import Event, Generation, Limits, Stats
@@ -48,7 +52,9 @@ class _S:
         return MAIN_STREAM if self.sid == 0 else (0, self.sid)
 
 
-class PastaRun:
+class PastaRun(Stepped):
+    """One PASTA answer as a stepped decoder (`Stepped`): every forward's rows carry the tracker's visibility."""
+
     def __init__(self, eng: HybridEngine, prompt: list[int], sp: SamplingParams, limits: Limits,
                  forced: list[int], on_event: Callable[[Event], None] | None, record: bool,
                  kv: DynamicKV | Slots, sampler: StreamSampler | BatchSampler, promise_len: int = 1):
@@ -74,7 +80,8 @@ class PastaRun:
 
     # ------------------------------------------------------------------ plumbing
 
-    def forward(self, feeds: list[tuple[int, int]], prefill: bool = False) -> torch.Tensor:
+    def forward(self, feeds: list[tuple[int, int]],
+                prefill: bool = False) -> Generator[Feed, torch.Tensor, torch.Tensor]:
         """Feed (stream, token) pairs in one forward through the tracker; returns their logits [k, V].
 
         A `<promise/>` starts a fork whose `<async>` this call adds right after it (same forward)."""
@@ -103,12 +110,8 @@ class PastaRun:
         mat = torch.zeros(len(rows), self.t.n, dtype=torch.bool)
         for r, row in enumerate(rows):
             mat[r, : row.size] = torch.from_numpy(row)
-        logits = self.kv.feed(ids, pos, sids, [0] * len(ids), mat)
-        self.stats.forwards += 1
+        logits = yield from self.step(ids, pos, sids, [0] * len(ids), mat)
         self.fed = list(zip(sids, ids, strict=True))
-        if self.record:
-            self.slots.extend(zip(ids, pos, sids, [0] * len(ids), strict=True))
-            self.logits.extend(logits.float().cpu())
         return logits
 
     def ban(self, s: _S) -> torch.Tensor:
@@ -142,10 +145,10 @@ class PastaRun:
 
     # ------------------------------------------------------------------ main loop
 
-    def execute(self) -> Generation:
+    def steps(self) -> Generator[Feed, torch.Tensor, Generation]:
         e, lim, tg = self.e, self.lim, self.tags
         t0 = time.perf_counter()
-        last = self.forward([(0, tok) for tok in self.prompt], prefill=True)[-1:]
+        last = (yield from self.forward([(0, tok) for tok in self.prompt], prefill=True))[-1:]
         samplers: list[_S] = [self.streams[0]]  # streams whose next token the logits rows give
         finish = "length"
         tp: float | None = None
@@ -170,7 +173,7 @@ class PastaRun:
                 feeds.append((s.sid, tok))
             if not feeds:
                 break  # cannot happen while a waiting stream has a live fork; a guard against a stall
-            last = self.forward(feeds)
+            last = yield from self.forward(feeds)
             samplers = []
             for sid, tok in self.fed:
                 s = self.streams[sid]
@@ -190,8 +193,7 @@ class PastaRun:
         text = self.text(0)
         self.stats.visible_tokens = len(e.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
         markup = self.markup(0)
-        if self.on_event is not None:
-            self.on_event(Event("done"))
+        self.emit(Event("done"))
         answer = [tok for s in self.streams for tok in s.ids]
         return Generation(Document((Serial(text),)) if text else Document(()), text, markup, self.stats, finish,
                           answer, self.slots, self.logits, markup=markup)

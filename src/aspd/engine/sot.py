@@ -5,19 +5,23 @@ answer from that outline and forces `<|title|>p1<|/title|>...<|title|>pN<|/title
 end-of-turn id as the answer prefix: the engine then opens one group, decodes every point's paragraph in
 parallel (siblings invisible, one forward per step), closes the group and stops at the forced end of turn.
 With fewer than two usable points the original question gets an ordinary serial answer instead.
+
+`SotRun` is the decoder, stepped like the others (so batched beside other requests): each stage is a
+sub-decoder on the request's own cache view, which it starts afresh.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from aspd.engine.core import Feed, Stepped
+from aspd.engine.kv import DynamicKV, Slots
 from aspd.engine.sampling import SamplingParams
 from aspd.engine.types import Event, Generation, Limits, Stats
 from aspd.markup import Branch, Document, Group, Serial
@@ -29,10 +33,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SKELETON_MAX_TOKENS",
+    "SotRun",
     "assemble",
     "expansion_messages",
     "generate_sot",
     "parse_skeleton",
+    "reservation_sot",
     "skeleton_messages",
 ]
 
@@ -217,7 +223,8 @@ def generate_sot(
     skeleton_prefix: Sequence[int] | None = None,
     record: bool = False,
 ) -> Generation:
-    """Answer `prompt` (text, or chat messages whose last user turn is the question) with Skeleton-of-Thought.
+    """Answer `prompt` (text, or chat messages whose last user turn is the question) with Skeleton-of-Thought,
+    alone (`SotRun` is the decoder; batched, `aspd.engine.batch` steps it beside other requests).
 
     `limits.max_new_tokens` covers both stages: the skeleton takes at most a quarter of it (and at most
     SKELETON_MAX_TOKENS), the points share what is left. `limits.max_branches` caps the points.
@@ -233,92 +240,133 @@ def generate_sot(
     titles excluded), seconds = wall time of both, forwards and prefill summed, groups from stage 2.
     """
     sp, lim = sampling or SamplingParams(), limits or Limits()
-    tok = engine.tokenizer
-    t0 = time.perf_counter()
-    skel: Generation | None = None
-    if skeleton is None:
-        skel = engine.generate(skeleton_messages(prompt), mode="serial", sampling=sp,
-                               limits=Limits(max_new_tokens=_skeleton_budget(lim)),
-                               answer_prefix=list(text_ids(tok, "1.") if skeleton_prefix is None
-                                                  else skeleton_prefix))
-        points = parse_skeleton(skel.text, lim.max_branches)
-        if skel.finish_reason == "length" and len(points) > 2:
-            points = points[:-1]  # cut off mid-point by the budget
-        skel_raw = skel.raw
-    else:
-        points = _distinct(skeleton, lim.max_branches)
-        skel_raw = _outline(skeleton)
-    points = _as_titles(tok, points, lim.max_title_tokens)
-    remaining = max(0, lim.max_new_tokens - (skel.stats.tokens if skel else 0))
-
-    if len(points) >= 2:
-        exp = _expand(engine, prompt, points, sp, lim, remaining, on_event, record)
-        if exp is not None:
-            group = exp.doc.groups[0]
-            titles = [b.title for b in group.branches]
-            text = assemble(titles, [b.text for b in group.branches])
-            doc = Document((Group(tuple(Branch(b.title, b.text) for b in group.branches)),))
-            raw = f"[skeleton]\n{skel_raw}\n[expansion]\n{exp.raw}"
-            return _result(engine, skel, exp, exp.stats.parallel_tokens, text, doc, raw, t0)
-
-    # Not an outline, or no room (context, budget) for a group: the original question, answered serially.
-    ans = engine.generate(prompt, mode="serial", sampling=sp, limits=replace(lim, max_new_tokens=remaining),
-                          on_event=on_event, record=record)
-    doc = Document((Serial(ans.text),)) if ans.text else Document(())
-    raw = f"[skeleton]\n{skel_raw}\n[serial]\n{ans.raw}"
-    return _result(engine, skel, ans, ans.stats.tokens, ans.text, doc, raw, t0)
+    return engine.alone(lambda kv: SotRun(engine, prompt, kv, sp, lim, on_event, skeleton=skeleton,
+                                          skeleton_prefix=skeleton_prefix, record=record),
+                        reservation_sot(engine, prompt, lim))
 
 
-def _expand(engine: HybridEngine, prompt: str | Sequence[Message], points: list[str], sp: SamplingParams,
-            lim: Limits, remaining: int, on_event: Callable[[Event], None] | None,
-            record: bool) -> Generation | None:
-    """Stage 2: one forced group of the points; None when the group cannot open (too little context)."""
-    c = engine.ctrl
-    tok = engine.tokenizer
-    messages = expansion_messages(prompt, points)
-    forced: list[int] = []
-    for p in points:
-        forced += [c.title, *text_ids(tok, p), c.title_end]
-    # The end of turn after <|para|> is popped by the first main draw after the group closes.
-    forced += [c.para, end_of_turn_ids(tok)[0]]
-    # The engine opens a group only if every branch fits the context at its full cap: shrink the cap to fit.
-    room = engine.context - len(engine.prompt_ids(messages)) - len(forced) - 2
-    cap = min(lim.max_branch_tokens, room // len(points))
-    if cap < MIN_BRANCH_TOKENS or remaining < 2 * len(points):
-        return None
-    # Forced tokens count as sampled in the engine, so they go on top of the branches' share (the engine keeps
-    # one token of it for each branch's end).
-    exp_lim = replace(lim, max_new_tokens=len(forced) - 1 + remaining, max_branch_tokens=cap, max_groups=1)
-    with _controls_read_as_text(engine):
-        exp = engine.generate(messages, mode="hybrid", sampling=sp, limits=exp_lim, answer_prefix=forced,
-                              on_event=on_event, record=record)
-    return exp if exp.stats.groups == 1 else None
+def reservation_sot(engine: HybridEngine, prompt: str | Sequence[Message], lim: Limits) -> int:
+    """Cache slots a SoT answer may take at once: the larger stage (each stage gives its slots back before the
+    next starts). Stage 2's prompt holds the outline and its answer the forced titles and the branch prefixes,
+    each at most a title's tokens and a few more per point."""
+    skeleton = len(engine.prompt_ids(skeleton_messages(prompt))) + _skeleton_budget(lim)
+    per_point = 3 * (lim.max_title_tokens + 4)  # in the outline, among the forced titles, as a branch prefix
+    expansion = len(engine.prompt_ids(expansion_messages(prompt, []))) + lim.max_branches * per_point + 2
+    return max(skeleton, expansion) + lim.max_new_tokens + 1
 
 
-@contextmanager
-def _controls_read_as_text(engine: HybridEngine) -> Iterator[None]:
-    """For a model never trained on the control tokens, borrow rows of tokens it knows while SoT runs.
+class SotRun(Stepped):
+    """Skeleton-of-Thought as a stepped decoder on one cache view: the skeleton is a serial sub-decoder, then
+    (its slots given back) the expansion a hybrid one with the points forced as one group, or the question a
+    serial one. A model never trained on the control tokens reads them as text through `_controls_as_text`,
+    in this request's feeds and logits only: the shared model is never changed."""
+
+    def __init__(self, engine: HybridEngine, prompt: str | Sequence[Message], kv: DynamicKV | Slots,
+                 sampling: SamplingParams, limits: Limits, on_event: Callable[[Event], None] | None, *,
+                 skeleton: Sequence[str] | None = None, skeleton_prefix: Sequence[int] | None = None,
+                 record: bool = False):
+        self.e, self.prompt, self.kv, self.sp, self.lim = engine, prompt, kv, sampling, limits
+        self.on_event, self.record = on_event, record
+        self.skeleton, self.skeleton_prefix = skeleton, skeleton_prefix
+        _wrap_last_user(prompt, str)  # a prompt without a user turn fails here, before any forward
+
+    def stage(self, ids: list[int], mode: str, limits: Limits, answer_prefix: Sequence[int] = (),
+              on_event: Callable[[Event], None] | None = None,
+              record: bool = False) -> Generator[Feed, torch.Tensor, Generation]:
+        """One stage as a sub-decoder on this request's cache view, which it starts afresh."""
+        self.kv.clear()
+        run = self.e.decoder(ids, self.kv, mode=mode, sampling=self.sp, limits=limits,
+                             answer_prefix=answer_prefix, on_event=on_event, record=record)
+        return run.steps()
+
+    def steps(self) -> Generator[Feed, torch.Tensor, Generation]:
+        e, lim, prompt = self.e, self.lim, self.prompt
+        tok = e.tokenizer
+        t0 = time.perf_counter()
+        skel: Generation | None = None
+        if self.skeleton is None:
+            prefix = text_ids(tok, "1.") if self.skeleton_prefix is None else self.skeleton_prefix
+            skel = yield from self.stage(e.prompt_ids(skeleton_messages(prompt)), "serial",
+                                         Limits(max_new_tokens=_skeleton_budget(lim)), list(prefix))
+            points = parse_skeleton(skel.text, lim.max_branches)
+            if skel.finish_reason == "length" and len(points) > 2:
+                points = points[:-1]  # cut off mid-point by the budget
+            skel_raw = skel.raw
+        else:
+            points = _distinct(self.skeleton, lim.max_branches)
+            skel_raw = _outline(self.skeleton)
+        points = _as_titles(tok, points, lim.max_title_tokens)
+        remaining = max(0, lim.max_new_tokens - (skel.stats.tokens if skel else 0))
+
+        if len(points) >= 2:
+            exp = yield from self.expand(points, remaining)
+            if exp is not None:
+                group = exp.doc.groups[0]
+                titles = [b.title for b in group.branches]
+                text = assemble(titles, [b.text for b in group.branches])
+                doc = Document((Group(tuple(Branch(b.title, b.text) for b in group.branches)),))
+                raw = f"[skeleton]\n{skel_raw}\n[expansion]\n{exp.raw}"
+                return _result(e, skel, exp, exp.stats.parallel_tokens, text, doc, raw, t0)
+
+        # Not an outline, or no room (context, budget) for a group: the original question, answered serially.
+        ans = yield from self.stage(e.prompt_ids(prompt), "serial", replace(lim, max_new_tokens=remaining),
+                                    on_event=self.on_event, record=self.record)
+        doc = Document((Serial(ans.text),)) if ans.text else Document(())
+        raw = f"[skeleton]\n{skel_raw}\n[serial]\n{ans.raw}"
+        return _result(e, skel, ans, ans.stats.tokens, ans.text, doc, raw, t0)
+
+    def expand(self, points: list[str], remaining: int) -> Generator[Feed, torch.Tensor, Generation | None]:
+        """Stage 2: one forced group of the points; None when the group cannot open (too little context)."""
+        e, lim = self.e, self.lim
+        c, tok = e.ctrl, e.tokenizer
+        ids = e.prompt_ids(expansion_messages(self.prompt, points))
+        forced: list[int] = []
+        for p in points:
+            forced += [c.title, *text_ids(tok, p), c.title_end]
+        # The end of turn after <|para|> is popped by the first main draw after the group closes.
+        forced += [c.para, end_of_turn_ids(tok)[0]]
+        # The engine opens a group only if every branch fits the context at its full cap: shrink the cap to fit.
+        room = e.context - len(ids) - len(forced) - 2
+        cap = min(lim.max_branch_tokens, room // len(points))
+        if cap < MIN_BRANCH_TOKENS or remaining < 2 * len(points):
+            return None
+        # Forced tokens count as sampled in the engine, so they go on top of the branches' share (the engine keeps
+        # one token of it for each branch's end).
+        exp_lim = replace(lim, max_new_tokens=len(forced) - 1 + remaining, max_branch_tokens=cap, max_groups=1)
+        steps = self.stage(ids, "hybrid", exp_lim, forced, self.on_event, self.record)
+        exp = yield from (steps if e.is_aspd_model else _controls_as_text(e, steps))
+        return exp if exp.stats.groups == 1 else None
+
+
+def _controls_as_text(engine: HybridEngine, steps: Generator[Feed, torch.Tensor, Generation]
+                      ) -> Generator[Feed, torch.Tensor, Generation]:
+    """For a model never trained on the control tokens, feed ids of tokens it knows in their place.
 
     Their own rows sit at the mean embedding, which such a model reads as noise: it tends to end a point right
-    after `<|branch|>Title:`. The structural tokens borrow the line break's row, so the prompt reads like a
-    plain outline; `<|/branch|>` borrows the end of turn's, so that with a tied head a point ends where the
-    model would end an answer (the other control tokens are banned inside a branch, whatever their logits).
+    after `<|branch|>Title:`. The structural tokens are fed as the line break, so the prompt reads like a plain
+    outline; `<|/branch|>` as the end of turn. With a tied head their logits are those tokens' too, so that a
+    point ends where the model would end an answer (the other control tokens are banned inside a branch,
+    whatever their logits). This is what borrowing those tokens' embedding rows would do, for this request
+    alone: the decoder still sees (and records) the control ids it asked for.
     """
-    if engine.is_aspd_model:
-        yield
-        return
-    c, emb = engine.ctrl, engine.model.get_input_embeddings().weight
-    ids = torch.tensor(c.all(), device=emb.device)
-    saved = emb[ids].clone()
-    newline, eot = emb[text_ids(engine.tokenizer, "\n")[-1]].clone(), emb[min(engine.eot)].clone()
-    with torch.no_grad():  # in place, so that captured CUDA graphs read the borrowed rows too
-        emb[ids] = newline
-        emb[c.branch_end] = eot
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            emb[ids] = saved
+    c, tok = engine.ctrl, engine.tokenizer
+    newline, eot = text_ids(tok, "\n")[-1], min(engine.eot)
+    as_text = {t: newline for t in c.all()} | {c.branch_end: eot}
+    model = engine.model
+    tied = model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    controls = torch.tensor(c.all(), device=engine.device)
+    feed = next(steps)
+    while True:
+        logits = yield replace(feed, ids=[as_text.get(t, t) for t in feed.ids])
+        if tied:
+            text = logits[:, [newline, eot]]  # a copy: the driver's tensor may hold other requests' rows too
+            logits = logits.clone()
+            logits[:, controls] = text[:, :1]
+            logits[:, c.branch_end] = text[:, 1]
+        try:
+            feed = steps.send(logits)
+        except StopIteration as end:
+            return end.value
 
 
 def _result(engine: HybridEngine, skel: Generation | None, ans: Generation, answer_tokens: int, text: str,
