@@ -17,6 +17,14 @@ from aspd.tokens import add_control_tokens, text_ids
 PROMPT = "Give three tips for staying healthy."
 
 
+def three_branches(tok, ctrl) -> list[int]:
+    """An answer prefix that opens a group of three titled branches."""
+    forced = []
+    for t in ("Diet", "Sleep", "Work"):
+        forced += [ctrl.title, *text_ids(tok, t), ctrl.title_end]
+    return [*forced, ctrl.para]
+
+
 def same(a, b) -> None:
     assert a.answer_ids == b.answer_ids
     assert a.slots == b.slots
@@ -39,10 +47,7 @@ def test_compiled_step_equals_eager_serial_and_with_groups(arch, one_thread):
     same(eager.generate(PROMPT, mode="serial", limits=lim, record=True),
          comp.generate(PROMPT, mode="serial", limits=lim, record=True))
 
-    forced = []
-    for t in ("Diet", "Sleep", "Work"):
-        forced += [ctrl.title, *text_ids(tok, t), ctrl.title_end]
-    forced.append(ctrl.para)
+    forced = three_branches(tok, ctrl)
     lim = Limits(max_new_tokens=40, max_branch_tokens=9)
     ref = eager.generate(PROMPT, answer_prefix=forced, limits=lim, record=True)
     assert ref.stats.branches == [3]
@@ -67,10 +72,7 @@ def test_static_shapes_compile_one_graph_per_bucket_with_the_eager_answers(monke
     ctrl = add_control_tokens(tok, model)
     eager = HybridEngine(model, tok, engine="eager")
     comp = HybridEngine(model, tok, engine="fast", compile=True)
-    forced = []
-    for t in ("Diet", "Sleep", "Work"):
-        forced += [ctrl.title, *text_ids(tok, t), ctrl.title_end]
-    forced.append(ctrl.para)
+    forced = three_branches(tok, ctrl)
     lim = Limits(max_new_tokens=40, max_branch_tokens=9)
     ref = eager.generate(PROMPT, answer_prefix=forced, limits=lim, record=True)
     assert ref.stats.branches == [3]
