@@ -196,6 +196,27 @@ def test_aspd_extension_fields(server: Server) -> None:
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks).startswith("".join(e["delta"] for e in ext))
 
 
+def test_sot_answers_as_the_engine_does(server: Server) -> None:
+    """A `sot` request (chat, and a text completion) over HTTP is `engine.generate(..., mode="sot")` of its
+    question: text, finish reason, token count, markup and raw trace."""
+    engine = HybridEngine.from_pretrained(str(server.folder))
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Give three tips."}]
+    chat = server.post("/v1/chat/completions", chat_body(messages=messages, max_tokens=24, aspd={"mode": "sot"}))
+    text = server.post("/v1/completions", {"model": MODEL_ID, "prompt": "Name two colours.", "max_tokens": 16,
+                                           "temperature": 0, "aspd": {"mode": "sot"}})
+    for r, question, budget in ((chat, messages, 24), (text, "Name two colours.", 16)):
+        assert r.status_code == 200, r.text
+        body = r.json()
+        ref = engine.generate(question, mode="sot", sampling=SamplingParams(temperature=0.0),
+                              limits=Limits(max_new_tokens=budget))
+        choice = body["choices"][0]
+        assert (choice["message"]["content"] if "message" in choice else choice["text"]) == ref.text
+        assert choice["finish_reason"] == ref.finish_reason
+        ext = body["aspd"]
+        assert ext["mode"] == "sot" and ext["stats"]["tokens"] == ref.stats.tokens == body["usage"]["completion_tokens"]
+        assert ext["markup"] == ref.markup_text() and ext["raw"] == ref.raw and "[skeleton]" in ext["raw"]
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 
 LONG_PROMPT = [7] * (CONTEXT + 5)
@@ -258,6 +279,16 @@ BAD = [
      raw_json(chat_body(messages=[{"role": "user", "content": [{"type": "text", "text": "\udc00"}]}])), 400,
      "messages.0.content"),
     ("stop of no accepted type", "/v1/chat/completions", chat_body(stop=5), 400, "stop"),
+    # Per-mode limits (as `aspd generate` refuses --stream with pasta): a PASTA or SoT text is complete only
+    # at the end, and this model has no PASTA tags.
+    ("sot stream", "/v1/chat/completions", chat_body(stream=True, aspd={"mode": "sot"}), 400, "stream"),
+    ("pasta stream", "/v1/completions", {"model": MODEL_ID, "prompt": "a", "stream": True, "aspd": {"mode": "pasta"}},
+     400, "stream"),
+    ("sot stop", "/v1/chat/completions", chat_body(stop=["x"], aspd={"mode": "sot"}), 400, "stop"),
+    ("sot token ids", "/v1/completions", {"model": MODEL_ID, "prompt": [5, 6], "aspd": {"mode": "sot"}}, 400,
+     "prompt"),
+    ("sot without a user message", "/v1/chat/completions",
+     chat_body(messages=[{"role": "system", "content": "Be brief."}], aspd={"mode": "sot"}), 400, "messages"),
 ]
 
 
@@ -275,6 +306,14 @@ def test_bad_input_is_answered_in_openai_shape(server: Server, name: str, path: 
     assert "Traceback" not in r.text
     if param is not None:
         assert err["param"] == param
+    assert server.health()["status"] == "ok"
+
+
+def test_pasta_on_a_model_without_pasta_tags_is_a_400(server: Server) -> None:
+    r = server.post("/v1/chat/completions", chat_body(aspd={"mode": "pasta"}), timeout=10)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "aspd.mode" and "no PASTA tags" in err["message"] and "--format pasta" in err["message"]
     assert server.health()["status"] == "ok"
 
 
@@ -585,6 +624,40 @@ def test_mode_and_max_groups_switch_off_the_groups_a_model_opens(one_thread: Non
     assert none["stats"]["groups"] == 0 and none["markup"] == engine_markup(max_groups=0)
 
 
+def test_pasta_answers_as_the_engine_does(one_thread: None) -> None:
+    """On a model with PASTA tags (random rows, so that it samples them): a `pasta` request is the engine's own
+    PASTA answer under the same seed, spans spliced into the text and its PASTA markup in the extension."""
+    from fastapi.testclient import TestClient
+
+    from aspd.pasta.tokens import add_pasta_tokens
+    from aspd.serve.app import ServedModel, create_app
+
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", len(tok))
+    add_control_tokens(tok, model)
+    tags = add_pasta_tokens(tok, model)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        for t in tags.all():
+            model.get_output_embeddings().weight[t] = torch.randn(model.config.hidden_size, generator=gen) * 0.6
+    engine = HybridEngine(model, tok, engine="eager")
+    messages = [{"role": "user", "content": "Give three tips."}]
+    body = {"model": "pasta", "messages": messages, "max_tokens": 40, "temperature": 1.0, "seed": 5,
+            "aspd": {"mode": "pasta"}}
+    with TestClient(create_app(ServedModel(engine, "pasta", context=CONTEXT), max_queue=2)) as client:
+        r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    ref = engine.generate(messages, mode="pasta", sampling=SamplingParams(temperature=1.0, seed=5),
+                          limits=Limits(max_new_tokens=40))
+    assert ref.stats.branches == [2]  # this seed forks two spans
+    out = r.json()
+    assert out["choices"][0]["message"]["content"] == ref.text
+    assert out["choices"][0]["finish_reason"] == ref.finish_reason
+    ext = out["aspd"]
+    assert ext["mode"] == "pasta" and ext["markup"] == ref.markup and "<promise/>" in ext["markup"]
+    assert ext["stats"]["groups"] == 1 and ext["stats"]["tokens"] == ref.stats.tokens
+
+
 class FailingEngine(HybridEngine):
     def decoder(self, ids: Any, kv: Any, **kw: Any) -> Any:
         raise RuntimeError("boom: secret internals")
@@ -615,7 +688,7 @@ NUMBERS = [0, 1, -1, 2, 0.5, -0.0, 1e-300, 5e-324, 1e-40, 1e300, 1.7976931348623
            math.nan, 2**31, 2**63 - 1, 2**63, 2**64, -(2**63) - 1, 10**400]
 _chars = st.characters() | st.characters(categories=["Cs"])  # lone surrogates too
 _leaf = (st.none() | st.booleans() | st.integers() | st.floats() | st.sampled_from(NUMBERS)
-         | st.text(_chars, max_size=12) | st.sampled_from(["", "hybrid", "serial", "text", "user", "forced"]))
+         | st.text(_chars, max_size=12) | st.sampled_from(["", "hybrid", "serial", "pasta", "sot", "text", "user", "forced"]))
 JSON = st.recursive(_leaf, lambda inner: st.lists(inner, max_size=3)
                     | st.dictionaries(st.text(_chars, max_size=6), inner, max_size=3), max_leaves=8) | st.just(NESTED)
 

@@ -231,6 +231,15 @@ def create_app(served: ServedModel, *, max_queue: int = 16, api_key: str | None 
         except ValueError as e:
             raise bad_request(str(e)) from None
         opt = req.aspd
+        mode = req.mode()
+        if mode == "pasta" and served.engine.pasta is None:
+            raise bad_request(f"aspd.mode 'pasta' needs a model trained with `aspd train --format pasta`; "
+                              f"{served.model_id!r} has no PASTA tags", "aspd.mode")
+        question: str | list[dict[str, str]] | None = None  # sot writes its own prompts from the question
+        if mode == "sot" and isinstance(req, ChatRequest):
+            question = req.chat()
+        elif mode == "sot":  # a text prompt (token ids were refused): one string, or a list of one
+            question = req.prompt if isinstance(req.prompt, str) else str(req.prompt[0])
         base = Limits()
         limits = Limits(
             max_new_tokens=budget,
@@ -239,8 +248,8 @@ def create_app(served: ServedModel, *, max_queue: int = 16, api_key: str | None 
                                else opt.max_branch_tokens),
             max_groups=base.max_groups if opt is None or opt.max_groups is None else opt.max_groups,
         )
-        return GenRequest(ids, opt.mode if opt else "hybrid", sampling, limits, req.stops(), req.stream,
-                          bool(opt and opt.branch_deltas), rid)
+        return GenRequest(ids, mode, sampling, limits, req.stops(), req.stream, bool(opt and opt.branch_deltas),
+                          rid, question)
 
     async def handle(request: Request, chat: bool) -> Response:
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"

@@ -53,7 +53,7 @@ class AspdOptions(BaseModel):
 
     model_config = ConfigDict(**_STRICT, extra="forbid")
 
-    mode: Literal["hybrid", "serial"] = "hybrid"
+    mode: Literal["hybrid", "serial", "pasta", "sot"] = "hybrid"
     max_branches: int | None = Field(None, ge=1)
     max_branch_tokens: int | None = Field(None, ge=2)  # room for one body token and <|/branch|>
     max_groups: int | None = Field(None, ge=0)
@@ -122,6 +122,17 @@ class _Common(BaseModel):
             raise bad_request("logprobs are not supported", "logprobs")
         if self.logit_bias:
             raise bad_request("logit_bias is not supported", "logit_bias")
+        mode = self.mode()
+        # A PASTA answer is complete only once its spans are spliced into their promises, a SoT answer once its
+        # points are assembled: there is no reading order to stream, nor a text to cut at a stop string early.
+        if mode in ("pasta", "sot") and self.stream:
+            raise bad_request(f"stream is not supported with aspd.mode {mode!r} (its text is complete only at "
+                              "the end); use hybrid or serial, or set stream to false", "stream")
+        if mode in ("pasta", "sot") and self.stops():
+            raise bad_request(f"stop is not supported with aspd.mode {mode!r}", "stop")
+
+    def mode(self) -> str:
+        return self.aspd.mode if self.aspd is not None else "hybrid"
 
 
 class TextPart(BaseModel):
@@ -159,6 +170,8 @@ class ChatRequest(_Common):
         for i, m in enumerate(self.messages):
             if not m.text():
                 raise bad_request(f"messages[{i}].content must not be empty", f"messages.{i}.content")
+        if self.mode() == "sot" and all(m.role != "user" for m in self.messages):
+            raise bad_request("aspd.mode 'sot' answers the last user message: give one", "messages")
         if self.tools:
             raise bad_request("tools are not supported", "tools")
         if self.response_format and self.response_format.get("type") not in (None, "text"):
@@ -193,6 +206,9 @@ class CompletionRequest(_Common):
             raise bad_request("only best_of=1 is supported", "best_of")
         if self.suffix:
             raise bad_request("suffix is not supported", "suffix")
+        if self.mode() == "sot" and isinstance(self.prompt, list) and isinstance(self.prompt[0], int):
+            raise bad_request("aspd.mode 'sot' writes its own prompts from the question: give the prompt as text",
+                              "prompt")
 
     def limit(self) -> int | None:
         return self.max_tokens

@@ -45,6 +45,7 @@ class GenRequest:
     stream: bool = False
     branch_deltas: bool = False
     request_id: str = ""
+    messages: str | list[dict[str, str]] | None = None  # sot: the question (`ids` then only count the prompt)
 
 
 @dataclass
@@ -274,7 +275,7 @@ class Worker:
         session = _Session(self.engine, job)
         r = BatchRequest(job.req.ids, job.req.mode, job.req.sampling, job.req.limits, on_event=session.on_event,
                          on_start=lambda _r: self._started(job), on_done=lambda r: self._done(job, session, r),
-                         cancelled=job.cancelled)
+                         messages=job.req.messages, cancelled=job.cancelled)
         try:
             self.batch.submit(r)
         except Exception as e:  # noqa: BLE001 - a request the batch refuses fails alone
@@ -370,4 +371,4 @@ class _Session:
         hit = cutter is not None and cutter.hit
         text = "".join(self.shown) if hit else gen.text
         return "done", GenResult(text, "stop" if hit else gen.finish_reason, len(req.ids), gen.stats.tokens,
-                                 gen.stats.as_dict(), render_markup(gen.doc), gen.raw, False)
+                                 gen.stats.as_dict(), gen.markup_text(), gen.raw, False)
