@@ -317,6 +317,25 @@ def test_pasta_on_a_model_without_pasta_tags_is_a_400(server: Server) -> None:
     assert server.health()["status"] == "ok"
 
 
+def test_sot_whose_outline_prompt_outgrows_the_context_is_a_400(server: Server) -> None:
+    """A question that fits the context but not inside SoT's outline instructions is refused up front."""
+    from aspd.engine.sot import skeleton_messages
+    from aspd.sample import prompt_ids
+
+    engine = HybridEngine.from_pretrained(str(server.folder))
+    words = 1
+    while len(prompt_ids(engine.tokenizer, skeleton_messages("go " * words))) < CONTEXT:
+        words += 8
+    question = "go " * words
+    assert len(engine.prompt_ids(question)) < CONTEXT  # alone it would be accepted
+    r = server.post("/v1/chat/completions", chat_body(messages=[{"role": "user", "content": question}],
+                                                      aspd={"mode": "sot"}))
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "context_length_exceeded" and err["param"] == "messages" and "outline" in err["message"]
+    assert server.health()["status"] == "ok"
+
+
 def test_openai_client_raises_typed_errors(server: Server) -> None:
     client = server.client()
     with pytest.raises(openai.NotFoundError) as nf:

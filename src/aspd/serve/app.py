@@ -240,6 +240,14 @@ def create_app(served: ServedModel, *, max_queue: int = 16, api_key: str | None 
             question = req.chat()
         elif mode == "sot":  # a text prompt (token ids were refused): one string, or a list of one
             question = req.prompt if isinstance(req.prompt, str) else str(req.prompt[0])
+        if question is not None and ctx is not None:  # SoT's first prompt wraps the question in instructions
+            from aspd.engine.sot import skeleton_messages
+
+            n = len(prompt_ids(front_tok, skeleton_messages(question)))
+            if n >= ctx:
+                raise bad_request(f"This model's maximum context length is {ctx} tokens. However, the outline "
+                                  f"prompt that aspd.mode 'sot' makes of your {param} resulted in {n} tokens, "
+                                  "leaving no room for an answer.", param, "context_length_exceeded")
         base = Limits()
         limits = Limits(
             max_new_tokens=budget,
