@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from aspd.engine.batch import DEFAULT_MAX_BATCH, DEFAULT_MAX_SLOTS
 from aspd.engine.core import HybridEngine, Limits
 from aspd.engine.sampling import SamplingParams
+from aspd.engine.sot import skeleton_messages
 from aspd.sample import prompt_ids
 from aspd.serve.protocol import APIError, ChatRequest, CompletionRequest, bad_request, parse_request
 from aspd.serve.worker import Chunk, GenRequest, GenResult, Job, Worker
@@ -187,30 +188,46 @@ def create_app(served: ServedModel, *, max_queue: int = 16, api_key: str | None 
         except RecursionError:
             raise bad_request("invalid JSON body: nested too deeply") from None
 
-    def tokenize(req: ChatRequest | CompletionRequest) -> list[int]:
-        """Runs on the tokenizer thread."""
+    def sot_question(req: ChatRequest | CompletionRequest) -> str | list[dict[str, str]] | None:
+        """What SoT writes its own prompts from: the chat, or the text prompt (token ids were refused)."""
+        if req.mode() != "sot":
+            return None
         if isinstance(req, ChatRequest):
-            try:
-                return prompt_ids(front_tok, req.chat())
-            except Exception as e:  # noqa: BLE001 - a template may reject a conversation (role order, ...)
-                raise bad_request(f"the chat template rejected the messages: {e}", "messages") from None
+            return req.chat()
+        return req.prompt if isinstance(req.prompt, str) else str(req.prompt[0])
+
+    def chat_ids(messages: list[dict[str, str]]) -> list[int]:
+        try:
+            return prompt_ids(front_tok, messages)
+        except Exception as e:  # noqa: BLE001 - a template may reject a conversation (role order, ...)
+            raise bad_request(f"the chat template rejected the messages: {e}", "messages") from None
+
+    def tokenize(req: ChatRequest | CompletionRequest) -> tuple[list[int], int | None]:
+        """Runs on the tokenizer thread: the prompt's ids and, for `sot`, the length of its outline prompt (the
+        question wrapped in SoT's instructions, which must fit the context too)."""
+        question = sot_question(req)
+        outline = None if question is None else len(chat_ids(skeleton_messages(question)))
+        if isinstance(req, ChatRequest):
+            return chat_ids(req.chat()), outline
         p = req.prompt
         if isinstance(p, list) and p and isinstance(p[0], int):
             if any(not 0 <= t < vocab for t in p):  # type: ignore[operator]
                 raise bad_request(f"prompt token ids must be in [0, {vocab})", "prompt")
-            return [int(t) for t in p]  # type: ignore[arg-type]
+            return [int(t) for t in p], outline  # type: ignore[arg-type]
         text = p if isinstance(p, str) else p[0]
-        return list(front_tok(text, add_special_tokens=True)["input_ids"])
+        return list(front_tok(text, add_special_tokens=True)["input_ids"]), outline
 
-    def build(req: ChatRequest | CompletionRequest, ids: list[int], rid: str) -> GenRequest:
+    def build(req: ChatRequest | CompletionRequest, ids: list[int], outline: int | None, rid: str) -> GenRequest:
         param = "messages" if isinstance(req, ChatRequest) else "prompt"
         if not ids:
             raise bad_request("the prompt is empty", param)
         ctx = served.context
-        if ctx is not None and len(ids) >= ctx:
-            raise bad_request(f"This model's maximum context length is {ctx} tokens. However, your {param} "
-                              f"resulted in {len(ids)} tokens, leaving no room for an answer.", param,
-                              "context_length_exceeded")
+        for n, what in ((len(ids), f"your {param}"),
+                        (outline, f"the outline prompt that aspd.mode 'sot' makes of your {param}")):
+            if ctx is not None and n is not None and n >= ctx:
+                raise bad_request(f"This model's maximum context length is {ctx} tokens. However, {what} "
+                                  f"resulted in {n} tokens, leaving no room for an answer.", param,
+                                  "context_length_exceeded")
         # A max_tokens beyond the context is clamped (finish_reason "length" tells the client), not refused.
         want = req.limit() or DEFAULT_MAX_TOKENS
         budget = want if ctx is None else min(want, ctx - len(ids))
@@ -235,19 +252,6 @@ def create_app(served: ServedModel, *, max_queue: int = 16, api_key: str | None 
         if mode == "pasta" and served.engine.pasta is None:
             raise bad_request(f"aspd.mode 'pasta' needs a model trained with `aspd train --format pasta`; "
                               f"{served.model_id!r} has no PASTA tags", "aspd.mode")
-        question: str | list[dict[str, str]] | None = None  # sot writes its own prompts from the question
-        if mode == "sot" and isinstance(req, ChatRequest):
-            question = req.chat()
-        elif mode == "sot":  # a text prompt (token ids were refused): one string, or a list of one
-            question = req.prompt if isinstance(req.prompt, str) else str(req.prompt[0])
-        if question is not None and ctx is not None:  # SoT's first prompt wraps the question in instructions
-            from aspd.engine.sot import skeleton_messages
-
-            n = len(prompt_ids(front_tok, skeleton_messages(question)))
-            if n >= ctx:
-                raise bad_request(f"This model's maximum context length is {ctx} tokens. However, the outline "
-                                  f"prompt that aspd.mode 'sot' makes of your {param} resulted in {n} tokens, "
-                                  "leaving no room for an answer.", param, "context_length_exceeded")
         base = Limits()
         limits = Limits(
             max_new_tokens=budget,
@@ -257,7 +261,7 @@ def create_app(served: ServedModel, *, max_queue: int = 16, api_key: str | None 
             max_groups=base.max_groups if opt is None or opt.max_groups is None else opt.max_groups,
         )
         return GenRequest(ids, mode, sampling, limits, req.stops(), req.stream, bool(opt and opt.branch_deltas),
-                          rid, question)
+                          rid, sot_question(req))
 
     async def handle(request: Request, chat: bool) -> Response:
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
@@ -271,8 +275,8 @@ def create_app(served: ServedModel, *, max_queue: int = 16, api_key: str | None 
             raise APIError(404, f"The model {req.model!r} does not exist; this server serves {served.model_id!r}",
                            param="model", code="model_not_found")
         loop = asyncio.get_running_loop()
-        ids = await loop.run_in_executor(tok_pool, tokenize, req)
-        gen = build(req, ids, rid)
+        ids, outline = await loop.run_in_executor(tok_pool, tokenize, req)
+        gen = build(req, ids, outline, rid)
         job = Job(gen, loop)
         if not worker.submit(job):
             raise APIError(503, f"server busy: {worker.max_queue} request(s) already waiting; retry later",
