@@ -9,10 +9,9 @@
 # engine:   (after flagship has converted) the last synth prompts; the SmolLM2 pair (it ran out of memory beside
 #           the two 1.5B runs); the compiled step (stage_compile.sh) and the load test (stage_load.sh) on an
 #           otherwise idle GPU; then the 0.5B pair and its Vicuna-80 bench.
-# The fourth lease measured what changed in the engines, with the shipped pairs carried as artifacts (no training):
-# packed:  (GPU 0) the SmolLM2 and 0.5B bases converted; stage_compile.sh; the load test again. (That lease ran
-#          the packed grouped-query attention against HF's SDPA, which was then removed: see benchmarks/README.md.)
-# rebench: (GPU 1) the shipped pairs on Vicuna-80, NLL under the 1.5B, the pairwise and the single-answer judges
+# The fourth lease measured what changed in the engines, with the shipped pairs carried as artifacts (no training);
+# its other chain ran stage_compile.sh and stage_load.sh (at 12e2fe3, with the packed attention since removed).
+# rebench: the shipped pairs on Vicuna-80, NLL under the 1.5B, the pairwise and the single-answer judges
 #          (stage_judge.sh: carry .xfer/srv too).
 # measure: (one GPU, nothing beside it: benches on a host busy with another chain's compiling are not comparable)
 #          the shipped pairs on Vicuna-80, then stage_compile.sh with AB="ASPD_COMPILE_SHAPES=static", then the
@@ -25,6 +24,10 @@ export PYTHONPATH=$PWD/src:/tmp/site ASPD_CACHE=${ASPD_CACHE:-/root/cache}
 export SERIAL_SHARE=${SERIAL_SHARE:-0.2} MIN_LAYOUT=${MIN_LAYOUT:-1.5}
 mkdir -p "$OUT"/{train,synth,compile,load}
 run() { echo "== $(date +%T) $*"; "$@" || echo "!! exit $?: $*"; }
+bases() {  # the wheels installed, the received bases converted
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .xfer/whl/*.whl 2>/dev/null || true
+  for b in "$@"; do run python3 -m aspd.cli models fetch "$b" --gguf "/root/models/$b.gguf" -q; done
+}
 bench() {  # BASE QUESTIONS TAG SECONDS [LIMIT]
   BUDGET_S=$4 LIMIT=${5:-} run bash $g/stage_models.sh bench "$1" ".xfer/data/bench/$2" "$3"
 }
@@ -52,19 +55,8 @@ case "$1" in
     run bash $g/stage_models.sh train qwen2.5-coder-0.5b 8 2 2e-4
     OUT=$OUT/train run bash $g/stage_models.sh wait 900 qwen2.5-coder-0.5b
     bench qwen2.5-coder-0.5b vicuna_bench.jsonl vicuna80_05 300 ;;
-  packed)
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .xfer/whl/*.whl 2>/dev/null || true
-    for b in smollm2-135m qwen2.5-coder-0.5b; do
-      run python3 -m aspd.cli models fetch $b --gguf /root/models/$b.gguf -q
-    done
-    touch "$w/converted"
-    MODELS="smollm2-135m qwen2.5-coder-0.5b" OUT=$OUT/compile run bash $g/stage_compile.sh 840
-    ASPD_COMPILE=0 OUT=$OUT/load run bash $g/stage_load.sh ;;
   rebench)
-    until [ -f "$w/converted" ]; do sleep 5; done  # the other chain installs the wheels
-    for b in qwen2.5-coder-1.5b qwen2.5-coder-0.5b smollm2-135m; do  # a lock guards a base both chains convert
-      run python3 -m aspd.cli models fetch $b --gguf /root/models/$b.gguf -q
-    done
+    bases qwen2.5-coder-1.5b qwen2.5-coder-0.5b smollm2-135m
     for b in qwen2.5-coder-1.5b qwen2.5-coder-0.5b smollm2-135m; do
       bench $b vicuna_bench.jsonl vicuna80_$b 420
       run bash $g/stage_models.sh pairwise vicuna80_$b $b
@@ -72,15 +64,12 @@ case "$1" in
     ASPD_COMPILE=0 CONCURRENCY=16 OUT=$OUT/judge run bash $g/stage_judge.sh qwen2.5-coder-1.5b "$w/bench" \
       .xfer/data/bench vicuna80_qwen2.5-coder-1.5b vicuna80_qwen2.5-coder-0.5b vicuna80_smollm2-135m ;;
   measure)
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .xfer/whl/*.whl 2>/dev/null || true
-    for b in qwen2.5-coder-0.5b smollm2-135m qwen2.5-coder-1.5b; do
-      run python3 -m aspd.cli models fetch $b --gguf /root/models/$b.gguf -q
-    done
+    bases qwen2.5-coder-0.5b smollm2-135m qwen2.5-coder-1.5b
     for b in qwen2.5-coder-0.5b smollm2-135m qwen2.5-coder-1.5b; do
       bench $b vicuna_bench.jsonl vicuna80_$b 300
     done
     AB="ASPD_COMPILE_SHAPES=static" MODELS="smollm2-135m qwen2.5-coder-0.5b" OUT=$OUT/compile \
       run bash $g/stage_compile.sh 720
     ASPD_COMPILE=0 OUT=$OUT/load run bash $g/stage_load.sh ;;
-  *) echo "usage: $0 flagship|engine|packed|rebench|measure" >&2; exit 2 ;;
+  *) echo "usage: $0 flagship|engine|rebench|measure" >&2; exit 2 ;;
 esac
