@@ -125,3 +125,27 @@ def test_a_step_that_cannot_compile_falls_back_to_eager_with_a_warning():
         out = cs(x, 2)
     assert torch.equal(out, x.float() * 2) and not cs.active
     assert torch.equal(cs(x, 1), x[:, :1].float() * 2)  # eager from then on, no second warning
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,compile", [("qwen2", True), ("gemma3", False), ("llama", False)])
+def test_decode_attention_gives_the_sdpa_engine_answers(arch, compile, one_thread):
+    """The attention the fast engine switches to where it compiles on CUDA (`aspd.attention.decode_attention`,
+    matrix products for steps of 2-64 rows): the same tokens and logits as the eager engine on plain SDPA, with a
+    group, compiled (inductor) and not; Gemma 3 takes a mask per layer type."""
+    from aspd.attention import use_decode_attention
+
+    tok = tiny_tokenizer()
+    plain, model = tiny_model(arch, len(tok)), tiny_model(arch, len(tok))
+    add_control_tokens(tok, plain)
+    ctrl = add_control_tokens(tok, model)
+    assert use_decode_attention(model)
+    eager = HybridEngine(plain, tok, engine="eager")
+    fast = HybridEngine(model, tok, engine="fast", compile=compile)
+    forced = three_branches(tok, ctrl)
+    lim = Limits(max_new_tokens=40, max_branch_tokens=9)
+    ref = eager.generate(PROMPT, answer_prefix=forced, limits=lim, record=True)
+    assert ref.stats.branches == [3]
+    same(ref, fast.generate(PROMPT, answer_prefix=forced, limits=lim, record=True))
+    assert model.config._attn_implementation == "aspd_sdpa"
+    assert not compile or fast._static.compiled.error is None  # no silent fall back to the eager step

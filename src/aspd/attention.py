@@ -12,6 +12,9 @@ from typing import Any
 import torch
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")
+DECODE_ATTENTION = "aspd_sdpa"  # SDPA, with steps of a few query rows as matrix products (`decode_attention`)
+MATRIX_ROWS = (2, 64)  # the query rows `decode_attention` computes itself; SDPA takes the others
+MATRIX_SCORES = 1 << 18  # ... and only while rows x keys stays small: its scores are written out, SDPA's are not
 
 
 class AttentionBackendError(ValueError):
@@ -21,7 +24,7 @@ class AttentionBackendError(ValueError):
 def check_backend(model: Any) -> None:
     """Refuse attention kernels that cannot take an arbitrary mask: branches would silently see each other."""
     impl = getattr(model.config, "_attn_implementation", None) or "eager"
-    if impl not in SUPPORTED_ATTENTION:
+    if impl not in (*SUPPORTED_ATTENTION, DECODE_ATTENTION):
         raise AttentionBackendError(
             f"attention implementation {impl!r} cannot take the branch mask; load the model with "
             f"attn_implementation='sdpa' (or 'eager')"
@@ -51,9 +54,55 @@ def layer_windows(config: Any) -> dict[str, int | None]:
 def mask_dtype(model: Any) -> torch.dtype | None:
     """SDPA takes boolean masks whatever the compute dtype (autocast included); eager needs additive ones."""
     check_backend(model)
-    if model.config._attn_implementation == "sdpa":
+    if model.config._attn_implementation in ("sdpa", DECODE_ATTENTION):
         return None
     return next(model.parameters()).dtype
+
+
+def decode_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                     **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """HF's SDPA attention, except for a step of 2-64 query rows (branches decoding together) over a short span of
+    keys, computed here as two matrix products and a softmax, which torch.compile fuses. On the H200, torch's SDPA picks a cuDNN kernel for such
+    steps that costs about 4x its one-row kernel (21 against 5 us a layer, SmolLM2-135M), and it was most of the
+    extra cost of a parallel step over a serial one (scripts/gpu/profile_step.py). The heads of one key/value group
+    are stacked as rows, so K and V are read in place, not repeated per head."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    b, h, q, d = query.shape
+    plain = (module.training or not MATRIX_ROWS[0] <= q <= MATRIX_ROWS[1] or q * key.shape[2] > MATRIX_SCORES
+             or key.shape[-1] != d
+             or any(kwargs.get(k) is not None for k in ("position_bias", "softcap", "s_aux", "sinks")))
+    if plain:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    kvh = key.shape[1]
+    g = h // kvh
+    scores = torch.matmul(query.reshape(b, kvh, g * q, d), key.transpose(2, 3)).view(b, kvh, g, q, -1)
+    scores = scores.float() * (scaling if scaling is not None else d**-0.5)
+    if attention_mask is not None:
+        m = attention_mask[:, :, None]  # [B, 1, 1, Q, K]: shared by every head
+        scores = scores.masked_fill(~m, torch.finfo(scores.dtype).min) if m.dtype == torch.bool else scores + m
+    probs = torch.softmax(scores, dim=-1).to(value.dtype).view(b, kvh, g * q, -1)
+    out = torch.matmul(probs, value).view(b, h, q, d)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def use_decode_attention(model: Any) -> bool:
+    """Switch a model on SDPA to `decode_attention` (the same attention: the fast engine does it where it compiles
+    its step on CUDA). Returns whether the model uses it now."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    impl = model.config._attn_implementation
+    if impl == DECODE_ATTENTION:
+        return True
+    if impl != "sdpa":
+        return False
+    AttentionInterface.register(DECODE_ATTENTION, decode_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(DECODE_ATTENTION, sdpa_mask)  # masks HF builds itself (its own generate)
+    model.set_attn_implementation(DECODE_ATTENTION)
+    return model.config._attn_implementation == DECODE_ATTENTION
 
 
 def model_mask(

@@ -9,6 +9,10 @@ bucket. `ASPD_COMPILE_SHAPES=static` compiles one static graph per bucket instea
 H200 a forward of 2-16 rows cost 1.3-1.4x one of a single row in the dynamic graph, and whether static shapes
 narrow that is the open question. Prefill and other long feeds stay eager (rare, and of ever-changing length).
 
+Where the step is compiled on CUDA, a model on SDPA is switched to `aspd.attention.decode_attention` (the same
+attention, with steps of 2-64 rows as fused matrix products instead of torch's cuDNN kernel for them, which made
+a parallel step cost 1.2-1.4x a serial one); `ASPD_DECODE_ATTENTION=0` keeps SDPA.
+
 Compiled code is cached on disk (inductor's FX graph and AOT autograd caches, under `<cache root>/inductor`),
 so a second process (`aspd serve` restarted) skips code generation; dynamo still traces once per process. If
 compiling fails for a model, the engine warns and goes on with the eager step (graphs kept).
@@ -31,6 +35,7 @@ ENV_MODE = "ASPD_COMPILE_MODE"
 ENV_COMPILE = "ASPD_COMPILE"  # 1 / 0: the default for engines built without `compile=` (the CLI and the server)
 ENV_SHAPES = "ASPD_COMPILE_SHAPES"  # dynamic (default: one graph for every bucket after the first) / static
 COMPILE_SHAPES = ("dynamic", "static")
+ENV_DECODE_ATTENTION = "ASPD_DECODE_ATTENTION"  # 0: keep torch's SDPA for every step (aspd.attention.decode_attention)
 _RECOMPILE_LIMIT = 64  # several models and buckets in one process (tests, benchmarks) share the step's code
 
 
@@ -59,6 +64,13 @@ def compile_shapes() -> str:
     if shapes not in COMPILE_SHAPES:
         raise ValueError(f"{ENV_SHAPES} must be one of {', '.join(COMPILE_SHAPES)}; not {shapes!r}")
     return shapes
+
+
+def decode_attention_on() -> bool:
+    env = os.environ.get(ENV_DECODE_ATTENTION, "1").strip()
+    if env not in ("0", "1"):
+        raise ValueError(f"{ENV_DECODE_ATTENTION} must be 0 or 1; not {env!r}")
+    return env == "1"
 
 
 def enable_caches() -> str:

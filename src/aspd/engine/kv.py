@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from aspd.attention import model_mask
+from aspd.attention import model_mask, use_decode_attention
 from aspd.engine.rope import rerotate_keys
 from aspd.layout import MAIN, visibility
 
@@ -188,13 +188,15 @@ class StaticKV:
         CUDA, where the buckets are replayed as CUDA graphs, or when compiling). On CPU it runs the graph
         computation without graphs. compile: the bucketed step through torch.compile (`aspd.engine.compiled`;
         default: the engine's `compile`, else on CUDA only)."""
-        from aspd.engine.compiled import CompiledStep, resolve_compile
+        from aspd.engine.compiled import CompiledStep, decode_attention_on, resolve_compile
 
         self.e = eng
         self.graphs_on = eng.device.type == "cuda"
         want = resolve_compile(getattr(eng, "compile", None) if compile is None else compile, eng.device)
         self.bucketed = (self.graphs_on or want) if bucketed is None else bucketed
         self.compiled = CompiledStep(self._step) if want and self.bucketed else None
+        if self.compiled is not None and self.graphs_on and decode_attention_on():
+            use_decode_attention(eng.model)  # torch's SDPA kernel for a few query rows is the slow part of a step
         self.capture_seconds: dict[str, float] = {}  # per captured bucket: warm-up (compiling included) + capture
         self.headroom = BUCKETS[-1] if self.bucketed else 0  # scratch slots for the largest bucket's padding
         cfg = eng.model.config.get_text_config() if hasattr(eng.model.config, "get_text_config") else eng.model.config
