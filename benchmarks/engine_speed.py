@@ -1,7 +1,7 @@
 """Engine speed on one machine, per engine (eager, fast): step time vs live branches, serial speed vs HF generate.
 
 (a) For N = 2, 4, 8, 16 a real group is opened by forcing N titles through `answer_prefix`; the engine then
-    decodes N branches in lockstep, one forward per step. `_Run.forward` (the engine's only model call: cache
+    decodes N branches in lockstep, one forward per step. `feed` of the cache view (the engine's only model call: cache
     write, mask and model forward) is wrapped with a timer, and the steps that fed exactly N branch tokens are
     kept. N = 1 is the serial step (a group needs >= 2 branches), timed the same way during a serial decode.
     "step" is forward start to next forward start, so it includes sampling and bookkeeping.
@@ -39,7 +39,7 @@ import torch
 
 from aspd.bench.report import machine_info
 from aspd.engine import HybridEngine, Limits
-from aspd.engine.core import _Run
+from aspd.engine.kv import DynamicKV, Slots
 from aspd.layout import MAIN
 from aspd.tokens import add_control_tokens, text_ids
 
@@ -69,31 +69,39 @@ def sync(device: str) -> None:
 
 
 class ForwardTimer:
-    """Wraps `_Run.forward` to record (start, seconds, tokens fed, all branch tokens?, cache length)."""
+    """Wraps the cache views' `feed` (eager and fast) to record (start, seconds, tokens fed, all branch tokens?,
+    cache length)."""
+
+    VIEWS = (DynamicKV, Slots)
 
     def __init__(self, device: str):
         self.device = device
         self.records: list[tuple[float, float, int, bool, int]] = []
-        self._orig: Callable[..., torch.Tensor] | None = None
+        self._orig: list[Callable[..., torch.Tensor]] = []
 
     def __enter__(self) -> ForwardTimer:
-        orig = self._orig = _Run.forward
         timer = self
+        for view in self.VIEWS:
+            orig = view.feed
+            self._orig.append(orig)
 
-        def forward(run: _Run, ids: list[int], pos: list[int], grp: list[int], br: list[int]) -> torch.Tensor:
-            sync(timer.device)
-            t0 = time.perf_counter()
-            out = orig(run, ids, pos, grp, br)
-            sync(timer.device)
-            timer.records.append((t0, time.perf_counter() - t0, len(ids), all(g != MAIN for g in grp),
-                                  run.kv.length))
-            return out
+            def feed(kv: Any, ids: list[int], pos: list[int], grp: list[int], br: list[int], rows: Any = None,
+                     _orig: Callable[..., torch.Tensor] = orig) -> torch.Tensor:
+                sync(timer.device)
+                t0 = time.perf_counter()
+                out = _orig(kv, ids, pos, grp, br, rows)
+                sync(timer.device)
+                timer.records.append((t0, time.perf_counter() - t0, len(ids), all(g != MAIN for g in grp),
+                                      kv.length))
+                return out
 
-        _Run.forward = forward  # type: ignore[method-assign]
+            view.feed = feed  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _Run.forward = self._orig  # type: ignore[method-assign]
+        for view, orig in zip(self.VIEWS, self._orig, strict=True):
+            view.feed = orig  # type: ignore[method-assign]
+        self._orig = []
 
     def steps(self, n: int, parallel: bool) -> tuple[list[float], list[float], list[int]]:
         """(forward s, whole step s, cache length) of every step that fed exactly n tokens of the given kind."""
@@ -342,7 +350,7 @@ def markdown(res: dict[str, Any]) -> str:
         f"{res['settings']['repeats']} runs, medians)",
         "",
         "N = 1 is the serial step; N >= 2 are steps of a real group forced via `answer_prefix`. forward = "
-        "`_Run.forward` (cache write, mask, model); step = forward start to next forward start (sampling included).",
+        "the cache view's `feed` (cache write, mask, model); step = forward start to next forward start (sampling included).",
         "",
         "| engine | live branches | forward ms | step ms | step vs N=1 | tokens/s | steps | mean context |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
