@@ -14,8 +14,10 @@
 # rebench: the shipped pairs on Vicuna-80, NLL under the 1.5B, the pairwise and the single-answer judges
 #          (stage_judge.sh: carry .xfer/srv too).
 # measure: (one GPU, nothing beside it: benches on a host busy with another chain's compiling are not comparable)
-#          the shipped pairs on Vicuna-80, then stage_compile.sh with AB="ASPD_COMPILE_SHAPES=static", then the
-#          load test.
+#          stage_compile.sh for SmolLM2 and the 0.5B with AB="ASPD_DECODE_ATTENTION=0" (the engine before
+#          aspd.attention.decode_attention, in the same run); the shipped SmolLM2 and 0.5B pairs on Vicuna-80 (no NLL:
+#          the 1.5B is not received); the load test. Carry the four adapters (src/aspd/models/artifacts/*-{smollm2-135m,
+#          qwen2.5-coder-0.5b}).
 # SERIAL_SHARE / MIN_LAYOUT choose the training set (stage_models.sh setup); defaults 0.2 and 1.5.
 set -uo pipefail
 w=${W:-/root/work}
@@ -64,12 +66,12 @@ case "$1" in
     ASPD_COMPILE=0 CONCURRENCY=16 OUT=$OUT/judge run bash $g/stage_judge.sh qwen2.5-coder-1.5b "$w/bench" \
       .xfer/data/bench vicuna80_qwen2.5-coder-1.5b vicuna80_qwen2.5-coder-0.5b vicuna80_smollm2-135m ;;
   measure)
-    bases qwen2.5-coder-0.5b smollm2-135m qwen2.5-coder-1.5b
-    for b in qwen2.5-coder-0.5b smollm2-135m qwen2.5-coder-1.5b; do
-      bench $b vicuna_bench.jsonl vicuna80_$b 300
+    bases qwen2.5-coder-0.5b smollm2-135m
+    AB="ASPD_DECODE_ATTENTION=0" MODELS="smollm2-135m qwen2.5-coder-0.5b" OUT=$OUT/compile \
+      run bash $g/stage_compile.sh 600
+    for b in qwen2.5-coder-0.5b smollm2-135m; do
+      NLL_MODEL= bench $b vicuna_bench.jsonl vicuna80_$b 300
     done
-    AB="ASPD_COMPILE_SHAPES=static" MODELS="smollm2-135m qwen2.5-coder-0.5b" OUT=$OUT/compile \
-      run bash $g/stage_compile.sh 720
     ASPD_COMPILE=0 OUT=$OUT/load run bash $g/stage_load.sh ;;
   *) echo "usage: $0 flagship|engine|rebench|measure" >&2; exit 2 ;;
 esac

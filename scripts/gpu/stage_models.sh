@@ -69,13 +69,13 @@ case "$step" in
       else echo "$n: $( [ -f "$w/logs/$n.failed" ] && echo FAILED || echo running)"; tail -3 "$OUT/train_$n.log"; fi
     done ;;
   bench)
-    base=$1 questions=$2 tag=$3
+    base=$1 questions=$2 tag=$3 NLL_MODEL=${NLL_MODEL-qwen2.5-coder-1.5b}  # NLL_MODEL= : no NLL
     out=$w/bench/$tag resume=()
     [ -f "$out/rows.partial.jsonl" ] && resume=(--resume)
     rc=0
     (cd "$m" && timeout "${BUDGET_S:-560}" python3 -m aspd.cli bench speed --model "aspd-$base" \
       --baseline "seq-$base" --bench "$OLDPWD/$questions" ${LIMIT:+--limit $LIMIT} --paper-sampling \
-      --repetition-penalty 1.05 --max-new-tokens 512 --nll-model qwen2.5-coder-1.5b --out "$out" "${resume[@]}" \
+      --repetition-penalty 1.05 --max-new-tokens 512 ${NLL_MODEL:+--nll-model $NLL_MODEL} --out "$out" "${resume[@]}" \
       2>&1 | quiet | grep -v "^\[" ) || rc=$?
     mkdir -p "$OUT/$tag" && cp -r "$out/." "$OUT/$tag/"
     exit "$rc" ;;
