@@ -1,5 +1,5 @@
-"""`benchmarks/engine_speed.py` runs end to end on a tiny model (it broke once with a refactor of the engine, and
-only a GPU lease found out)."""
+"""`benchmarks/engine_speed.py` and `engine_overhead.py` run end to end on a tiny model (the first broke once with a
+refactor of the engine, and only a GPU lease found out)."""
 
 import json
 import subprocess
@@ -27,3 +27,14 @@ def test_engine_speed_times_real_groups_and_serial_decoding(tmp_path):
     assert not serial["errors"] and serial["same_tokens"]
     assert set(serial["tok_s"]) == {"hf_generate", "hf_static", "eager", "fast"}
     assert (out.with_suffix(".md")).read_text().count("| fast |") >= 2
+
+
+def test_engine_overhead_times_the_engine_without_the_model(tmp_path):
+    out = tmp_path / "overhead"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/engine_overhead.py"), "--model", "tiny", "--branches",
+                    "1,3", "--branch-tokens", "4", "--repeats", "1", "--warmup", "0", "--out", str(out)], check=True,
+                   capture_output=True, timeout=600)
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["branches"] for r in rows] == [1, 3]
+    assert rows[1]["steps"] > 0 and rows[0]["steps"] > 0  # the script exits non-zero if the group does not open
+    assert all(r["step_us"] > 0 for r in rows) and rows[1]["serial_step_us"] > 0

@@ -324,6 +324,7 @@ class _Run(Stepped):
         self.slots: list[tuple[int, int, int, int]] = []
         self.logits: list[torch.Tensor] = []
         self.detok: dict[Stream, Detokenizer] = {}
+        self._titles: dict[tuple[int, ...], tuple[str, bool]] = {}  # title ids -> (text, prefix fits the cap)
 
     # ---------------------------------------------------------------- plumbing
 
@@ -340,8 +341,8 @@ class _Run(Stepped):
             return [self.forced.pop(0)]
         ban = None
         if any(b is not None for b in banned):
-            if len(banned) == 1:  # a view, no copy: the common serial step
-                ban = banned[0][None]  # type: ignore[index]
+            if all(b is banned[0] for b in banned):  # a view, no copy: a serial step, or branches banned alike
+                ban = banned[0][None].expand(len(banned), -1)  # type: ignore[index]
             else:
                 ban = torch.stack([b if b is not None else torch.zeros_like(self.e._ban_serial) for b in banned])
         return self.sampler.draw(logits, streams, ban, hist)
@@ -427,14 +428,25 @@ class _Run(Stepped):
     def valid_titles(self, titles: list[list[int]]) -> list[str]:
         """Distinct non-empty titles whose branch can hold its prefix and end within max_branch_tokens, the
         first max_branches of them; fewer than two means no group."""
-        e, out = self.e, []
+        out = []
         for ids in titles:
-            # One line of text: a title is a label, and markup titles cannot hold line breaks.
-            s = " ".join(e.tokenizer.decode(ids, skip_special_tokens=True).split())
-            if s and s not in out and len(branch_prefix_ids(e.tokenizer, e.ctrl, s)) < self.lim.max_branch_tokens:
+            s, fits = self.title_text(tuple(ids))
+            if s and s not in out and fits:
                 out.append(s)
         out = out[: self.lim.max_branches]
         return out if len(out) >= 2 else []
+
+    def title_text(self, ids: tuple[int, ...]) -> tuple[str, bool]:
+        """A title's text and whether its branch prefix fits the branch cap. Memoized: every serial step while
+        titles are announced asks again for each title so far, and decoding plus re-encoding them was most of the
+        engine's own work per step (profiled on CPU)."""
+        if ids not in self._titles:
+            e = self.e
+            # One line of text: a title is a label, and markup titles cannot hold line breaks.
+            s = " ".join(e.tokenizer.decode(list(ids), skip_special_tokens=True).split())
+            fits = bool(s) and len(branch_prefix_ids(e.tokenizer, e.ctrl, s)) < self.lim.max_branch_tokens
+            self._titles[ids] = (s, fits)
+        return self._titles[ids]
 
     # ---------------------------------------------------------------- parallel groups
 
@@ -488,8 +500,9 @@ class _Run(Stepped):
             logits = yield from self.step(ids, pos, grp, br)
             if not closing:
                 still = [b for b in live if not branches[b].done]
-                rows = [i for i, b in enumerate(live) if not branches[b].done]
-                self.sample_branches(g, branches, still, logits[rows])
+                if len(still) < len(live):  # most steps every branch goes on: no gather of the logits
+                    logits = logits[[i for i, b in enumerate(live) if not branches[b].done]]
+                self.sample_branches(g, branches, still, logits)
                 continue
             if not fuse:
                 self.rearrange(g, branches, re_starts)
