@@ -189,6 +189,19 @@ def test_labelled_paragraphs() -> None:
     ]]
 
 
+def test_labelled_paragraphs_whose_body_names_its_label_and_a_closing_label() -> None:
+    """After a label, "This ..." names the label itself, not the item before (the teacher's usual shape); a
+    closing "**Conclusion**:" sums up the others and stays serial after the group."""
+    answer = ("Astronomers find exoplanets in several ways:\n\n**1. Radial Velocity**: This method tracks the wobble "
+              "of a star.\n\n**2. Transit**: This method watches the star dim.\n\n**3. Direct Imaging**: It takes "
+              "pictures of the planet.\n\n**Conclusion**: Each method sees other planets.")
+    (c,) = rewrite(answer)
+    assert [t for t, _ in groups_of(c)[0]] == ["**1. Radial Velocity**:", "**2. Transit**:", "**3. Direct Imaging**:"]
+    assert parse(c.markup or "").segments[-1] == Serial("\n**Conclusion**: Each method sees other planets.")
+    # Order words after a label still refer back.
+    assert find_runs("**1. Design**: Draw the schema.\n\n**2. Build**: Then write the code.") == []
+
+
 def test_code_fences_are_never_split_or_searched() -> None:
     code = "```bash\npip install x\n2. not an item\n- nor this\n# nor a heading\n```"
     answer = f"Steps:\n\n1. Install:\n{code}\n2. Run it:\n\n    x --go\n\nDone."

@@ -119,6 +119,10 @@ _BACK_REFERENCE = re.compile(
 # A step that needs an earlier one ("Then run it", "the file from step 2").
 _STEP_START = re.compile(r"^(then|next|now|after(wards)?|once|finally|lastly|repeat|continue|this|that|it|these)\b",
                          re.IGNORECASE)
+# After a label, a pronoun names the label ("**Transit Method**: This method ..."); only order words refer back.
+_STEP_AFTER_LABEL = re.compile(r"^(then|next|now|after(wards)?|once|finally|lastly|repeat|continue)\b", re.IGNORECASE)
+_CLOSING_LABEL = re.compile(r"^(conclusion|summary|in (summary|conclusion|short)|overall|final (thoughts|words)|"
+                            r"key takeaways?|takeaways?|bottom line)$", re.IGNORECASE)
 _STEP_REFERENCE = re.compile(
     r"\b(previous|preceding) (step|command|section|item|point)|\b(last|above) step|\bthe above\b|\bsteps? \d+\b|"
     r"\bas before\b|\bthe same (way|steps?)\b|\bnext step\b",
@@ -461,7 +465,7 @@ def _refers_back(texts: Sequence[str]) -> bool:
     for t in texts[1:]:
         lead = _ITEM_MARK.sub("", t.lstrip(), count=1).replace("**", "").replace("__", "").lstrip()
         body = _LABEL_LEAD.sub("", lead, count=1)  # "Design: Once the requirements are gathered, ..."
-        if _STEP_START.match(lead) or _STEP_START.match(body) or _STEP_REFERENCE.search(t):
+        if _STEP_START.match(lead) or _STEP_AFTER_LABEL.match(body) or _STEP_REFERENCE.search(t):
             return True
     return False
 
@@ -698,8 +702,15 @@ def _consecutive(paragraphs: Sequence[tuple[int, int]], breaks: set[int], ok: Ca
 def _label_runs(text: str, lines: Sequence[_Line], covered: set[int]) -> list[Run]:
     """Runs of consecutive labelled paragraphs outside lists and headings."""
     paragraphs, breaks = _paragraphs(lines, covered)
+
+    def ok(p: int) -> bool:  # a labelled paragraph, not a closing one ("**Conclusion**:") that sums up the others
+        first = lines[paragraphs[p][0]]
+        label = _LABEL_LEAD.match(first.text.strip().replace("**", "").replace("__", ""))
+        closing = label is not None and _CLOSING_LABEL.match(label.group(0).strip(" :\t")) is not None
+        return _is_labelled(first, paragraphs[p][1] - paragraphs[p][0]) and not closing
+
     runs = []
-    for ps in _consecutive(paragraphs, breaks, lambda p: _is_labelled(lines[paragraphs[p][0]], paragraphs[p][1] - paragraphs[p][0])):
+    for ps in _consecutive(paragraphs, breaks, ok):
         spans = [(lines[a].content_start, _last_text(lines, a, b)) for a, b in (paragraphs[p] for p in ps)]
         if (run := head_run("labels", text, spans)) is not None:
             runs.append(run)
