@@ -179,3 +179,17 @@ def test_serve_cli_defaults_are_the_engine_defaults():
     from aspd.serve import cli
 
     assert (cli.DEFAULT_MAX_BATCH, cli.DEFAULT_MAX_SLOTS) == (batch.DEFAULT_MAX_BATCH, batch.DEFAULT_MAX_SLOTS)
+
+
+def test_batched_on_decode_attention_equals_alone_on_sdpa():
+    """The fast engine's attention where it compiles on CUDA (matrix products for steps of 2-64 rows): requests
+    batched on it give the answers each gives alone on plain SDPA (the rows of other requests stay masked)."""
+    from aspd.attention import use_decode_attention
+
+    plain, eng = engine("qwen2", True), engine("qwen2", True)
+    assert use_decode_attention(eng.model)
+    refs = [alone(plain, s) for s in mixed(plain)]
+    got, _, widest = batched(eng, mixed(eng), join_at=[0, 0, 3, 9])
+    assert widest == 4
+    for ref, g in zip(refs, got, strict=True):
+        same(ref, g)

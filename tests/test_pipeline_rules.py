@@ -198,6 +198,9 @@ def test_labelled_paragraphs_whose_body_names_its_label_and_a_closing_label() ->
     (c,) = rewrite(answer)
     assert [t for t, _ in groups_of(c)[0]] == ["**1. Radial Velocity**:", "**2. Transit**:", "**3. Direct Imaging**:"]
     assert parse(c.markup or "").segments[-1] == Serial("\n**Conclusion**: Each method sees other planets.")
+    numbered = answer.replace("**Conclusion**", "**4. Conclusion**")
+    (c,) = rewrite(numbered)
+    assert len(groups_of(c)[0]) == 3  # a numbered closing label ends the run too
     # Order words after a label still refer back.
     assert find_runs("**1. Design**: Draw the schema.\n\n**2. Build**: Then write the code.") == []
 

@@ -63,10 +63,10 @@ def decode_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                      **kwargs: Any) -> tuple[torch.Tensor, None]:
     """HF's SDPA attention, except for a step of 2-64 query rows (branches decoding together) over a short span of
-    keys, computed here as two matrix products and a softmax, which torch.compile fuses. On the H200, torch's SDPA picks a cuDNN kernel for such
-    steps that costs about 4x its one-row kernel (21 against 5 us a layer, SmolLM2-135M), and it was most of the
-    extra cost of a parallel step over a serial one (scripts/gpu/profile_step.py). The heads of one key/value group
-    are stacked as rows, so K and V are read in place, not repeated per head."""
+    keys, computed here as two matrix products and a softmax, which torch.compile fuses. On the H200, torch's SDPA
+    picks a cuDNN kernel for such steps that costs about 4x its one-row kernel (21 against 5 us a layer,
+    SmolLM2-135M): most of the extra cost of a parallel step over a serial one (scripts/gpu/profile_step.py). The
+    heads of one key/value group are stacked as rows, so K and V are read in place, not repeated per head."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     b, h, q, d = query.shape

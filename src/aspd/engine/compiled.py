@@ -5,13 +5,12 @@ then captured as a CUDA graph by `StaticKV`, as the eager step is.
 Shapes are static per bucket: a step of k tokens is padded to the smallest bucket >= k and reads a fixed span of
 slots (`StaticKV.spans`). Dynamo compiles the first bucket it meets (the serial step, k = 1) with static shapes and, at the
 second bucket size, one graph dynamic in k for all the others, so a model costs two compilations, not one per
-bucket. `ASPD_COMPILE_SHAPES=static` compiles one static graph per bucket instead (eight compilations): on the
-H200 a forward of 2-16 rows cost 1.3-1.4x one of a single row in the dynamic graph, and whether static shapes
-narrow that is the open question. Prefill and other long feeds stay eager (rare, and of ever-changing length).
+bucket. `ASPD_COMPILE_SHAPES=static` compiles one static graph per bucket instead (eight compilations). Prefill
+and other long feeds stay eager (rare, and of ever-changing length).
 
 Where the step is compiled on CUDA, a model on SDPA is switched to `aspd.attention.decode_attention` (the same
 attention, with steps of 2-64 rows as fused matrix products instead of torch's cuDNN kernel for them, which made
-a parallel step cost 1.2-1.4x a serial one); `ASPD_DECODE_ATTENTION=0` keeps SDPA.
+a forward of 2-16 rows cost 1.35-1.43x one of a single row on the H200); `ASPD_DECODE_ATTENTION=0` keeps SDPA.
 
 Compiled code is cached on disk (inductor's FX graph and AOT autograd caches, under `<cache root>/inductor`),
 so a second process (`aspd serve` restarted) skips code generation; dynamo still traces once per process. If

@@ -706,7 +706,8 @@ def _label_runs(text: str, lines: Sequence[_Line], covered: set[int]) -> list[Ru
     def ok(p: int) -> bool:  # a labelled paragraph, not a closing one ("**Conclusion**:") that sums up the others
         first = lines[paragraphs[p][0]]
         label = _LABEL_LEAD.match(first.text.strip().replace("**", "").replace("__", ""))
-        closing = label is not None and _CLOSING_LABEL.match(label.group(0).strip(" :\t")) is not None
+        name = _ITEM_MARK.sub("", label.group(0).strip(" :\t"), count=1) if label else ""
+        closing = _CLOSING_LABEL.match(name) is not None
         return _is_labelled(first, paragraphs[p][1] - paragraphs[p][0]) and not closing
 
     runs = []
