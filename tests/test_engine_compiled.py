@@ -31,6 +31,15 @@ def same(a, b) -> None:
     assert (torch.stack(a.logits) - torch.stack(b.logits)).abs().max().item() < 1e-4
 
 
+def same_group_answer(eager: HybridEngine, fast: HybridEngine, tok, ctrl) -> None:
+    """A forced group of three branches: the fast engine's tokens and logits are the eager engine's."""
+    forced = three_branches(tok, ctrl)
+    lim = Limits(max_new_tokens=40, max_branch_tokens=9)
+    ref = eager.generate(PROMPT, answer_prefix=forced, limits=lim, record=True)
+    assert ref.stats.branches == [3]
+    same(ref, fast.generate(PROMPT, answer_prefix=forced, limits=lim, record=True))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
 def test_compiled_step_equals_eager_serial_and_with_groups(arch, one_thread):
@@ -47,11 +56,7 @@ def test_compiled_step_equals_eager_serial_and_with_groups(arch, one_thread):
     same(eager.generate(PROMPT, mode="serial", limits=lim, record=True),
          comp.generate(PROMPT, mode="serial", limits=lim, record=True))
 
-    forced = three_branches(tok, ctrl)
-    lim = Limits(max_new_tokens=40, max_branch_tokens=9)
-    ref = eager.generate(PROMPT, answer_prefix=forced, limits=lim, record=True)
-    assert ref.stats.branches == [3]
-    same(ref, comp.generate(PROMPT, answer_prefix=forced, limits=lim, record=True))
+    same_group_answer(eager, comp, tok, ctrl)
 
     step = comp._static.compiled
     assert step is not None and step.error is None, step and step.error  # no silent fall back to the eager step
@@ -72,12 +77,8 @@ def test_static_shapes_compile_one_graph_per_bucket_with_the_eager_answers(monke
     ctrl = add_control_tokens(tok, model)
     eager = HybridEngine(model, tok, engine="eager")
     comp = HybridEngine(model, tok, engine="fast", compile=True)
-    forced = three_branches(tok, ctrl)
-    lim = Limits(max_new_tokens=40, max_branch_tokens=9)
-    ref = eager.generate(PROMPT, answer_prefix=forced, limits=lim, record=True)
-    assert ref.stats.branches == [3]
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    same(ref, comp.generate(PROMPT, answer_prefix=forced, limits=lim, record=True))
+    same_group_answer(eager, comp, tok, ctrl)
     step = comp._static.compiled
     assert step is not None and step.error is None and step.shapes == "static"
     # One graph per step shape met (the dynamic default would have made two for all of them).
@@ -142,10 +143,6 @@ def test_decode_attention_gives_the_sdpa_engine_answers(arch, compile, one_threa
     assert use_decode_attention(model)
     eager = HybridEngine(plain, tok, engine="eager")
     fast = HybridEngine(model, tok, engine="fast", compile=compile)
-    forced = three_branches(tok, ctrl)
-    lim = Limits(max_new_tokens=40, max_branch_tokens=9)
-    ref = eager.generate(PROMPT, answer_prefix=forced, limits=lim, record=True)
-    assert ref.stats.branches == [3]
-    same(ref, fast.generate(PROMPT, answer_prefix=forced, limits=lim, record=True))
+    same_group_answer(eager, fast, tok, ctrl)
     assert model.config._attn_implementation == "aspd_sdpa"
     assert not compile or fast._static.compiled.error is None  # no silent fall back to the eager step
