@@ -32,6 +32,7 @@ from engine_speed import ForwardTimer, forced_group, load, titles_for  # noqa: E
 from aspd.bench.report import machine_info  # noqa: E402
 from aspd.engine import HybridEngine, Limits  # noqa: E402
 from aspd.engine.kv import DynamicKV, Slots  # noqa: E402
+from aspd.engine.sampling import SamplingParams  # noqa: E402
 
 
 class StubForward:
@@ -75,14 +76,15 @@ def run(eng: HybridEngine, args: argparse.Namespace) -> list[dict[str, Any]]:
             with StubForward(eng, args.device), ForwardTimer(args.device) as timer:
                 t0 = time.perf_counter()
                 if n == 1:
-                    g = eng.generate(prompt, mode="serial", limits=Limits(max_new_tokens=args.branch_tokens))
+                    g = eng.generate(prompt, mode="serial", limits=Limits(max_new_tokens=args.branch_tokens),
+                                     sampling=args.sampling)
                 else:
                     titles = titles_for(eng.tokenizer, n)
                     forced = forced_group(eng, titles)
                     cap = args.branch_tokens + 8
                     lim = Limits(max_new_tokens=len(forced) + n * cap, max_branches=n, max_branch_tokens=cap,
                                  max_groups=1)  # the budget ends with the group
-                    g = eng.generate(prompt, answer_prefix=forced, limits=lim)
+                    g = eng.generate(prompt, answer_prefix=forced, limits=lim, sampling=args.sampling)
                     if g.stats.branches != [n]:
                         raise SystemExit(f"the forced group of {n} did not open: {g.stats.branches}")
                 seconds = time.perf_counter() - t0
@@ -111,15 +113,21 @@ def main() -> int:
     p.add_argument("--branch-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--paper-sampling", action="store_true",
+                   help="sample as `aspd bench speed --paper-sampling --repetition-penalty 1.05` does (default greedy)")
     p.add_argument("--out", required=True, help="path without suffix: .json and .md are written")
     args = p.parse_args()
+    args.sampling = (SamplingParams(temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.05)
+                     if args.paper_sampling else SamplingParams())
     model, tok = load(args.model, args.device, "float32")
     eng = HybridEngine(model, tok, engine="fast", compile=False)
     rows = run(eng, args)
     res = {"benchmark": "engine_overhead", "command": shlex.join(["python", *sys.argv]),
            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine_info(args.device),
-           "model": args.model, "device": args.device, "settings": vars(args) | {"out": None}, "rows": rows}
-    lines = [f"# Engine work per step without the model ({args.model}, {args.device})", "",
+           "model": args.model, "device": args.device,
+           "settings": vars(args) | {"out": None, "sampling": repr(args.sampling)}, "rows": rows}
+    lines = [f"# Engine work per step without the model ({args.model}, {args.device}, "
+             f"{'paper sampling' if args.paper_sampling else 'greedy'})", "",
              f"- command: `{res['command']}`", f"- date: {res['date']}", "",
              "| branches | engine us per step | steps | serial steps of the answer, us | answer ms |",
              "|---:|---:|---:|---:|---:|"]
