@@ -3,10 +3,11 @@ compiled by torch.compile (inductor), which fuses the model's small kernels; on 
 then captured as a CUDA graph by `StaticKV`, as the eager step is.
 
 Shapes are static per bucket: a step of k tokens is padded to the smallest bucket >= k and reads a fixed span of
-slots (`StaticKV.spans`). Dynamo compiles the first bucket it meets (the serial step, k = 1) with static shapes and, at the
-second bucket size, one graph dynamic in k for all the others, so a model costs two compilations, not one per
-bucket. `ASPD_COMPILE_SHAPES=static` compiles one static graph per bucket instead (eight compilations). Prefill
-and other long feeds stay eager (rare, and of ever-changing length).
+slots (`StaticKV.spans`). Dynamo compiles the first bucket it meets (the serial step, k = 1) with static shapes and,
+at the second bucket size, one graph dynamic in k for all the others, so a model costs two compilations per span,
+not one per bucket (three with `decode_attention`, whose branch at 64 rows splits the dynamic graph).
+`ASPD_COMPILE_SHAPES=static` compiles one static graph per bucket instead. Prefill and other long feeds stay eager
+(rare, and of ever-changing length).
 
 Where the step is compiled on CUDA, a model on SDPA is switched to `aspd.attention.decode_attention` (the same
 attention, with steps of 2-64 rows as fused matrix products instead of torch's cuDNN kernel for them, which made
