@@ -61,3 +61,25 @@ def test_sdpa_takes_one_row_long_spans_and_training(monkeypatch, rows, keys, tra
     out, _ = decode_attention(mod, q, k, v, torch.ones(1, 1, rows, keys, dtype=torch.bool))
     assert bool(calls) == plain
     assert (out - real(mod, q, k, v, torch.ones(1, 1, rows, keys, dtype=torch.bool))[0]).abs().max() < 1e-5
+
+
+def test_no_mask_keeps_sdpas_causal_rule():
+    """HF's own generate on a switched model prefills with no mask and `is_causal`: the causal rule must hold."""
+    q, k, v = torch.randn(1, 4, 5, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    mod = Heads(2)
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()[None, None]
+    want, _ = sdpa_attention_forward(mod, q, k, v, causal)
+    got, _ = decode_attention(mod, q, k, v, None, is_causal=True)
+    assert (got - want).abs().max() < 1e-5
+
+
+def test_hf_generate_on_a_switched_model_is_unchanged():
+    """The engine switches the user's model in place; HF's own `generate` on it (a 12-token prompt: a 2-64-row
+    prefill) must give what it gave on SDPA."""
+    tok = tiny_tokenizer()
+    plain, switched = tiny_model("qwen2", len(tok)), tiny_model("qwen2", len(tok))
+    assert use_decode_attention(switched)
+    ids = torch.tensor([tok("Name three colours of the sky.")["input_ids"][:12]])
+    assert ids.shape[1] == 12
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert torch.equal(plain.generate(ids, **kw), switched.generate(ids, **kw))

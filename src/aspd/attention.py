@@ -70,8 +70,9 @@ def decode_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     b, h, q, d = query.shape
-    plain = (module.training or not MATRIX_ROWS[0] <= q <= MATRIX_ROWS[1] or q * key.shape[2] > MATRIX_SCORES
-             or key.shape[-1] != d
+    # No mask means SDPA's own causal rule (HF's generate on the same model): left to SDPA.
+    plain = (module.training or attention_mask is None or not MATRIX_ROWS[0] <= q <= MATRIX_ROWS[1]
+             or q * key.shape[2] > MATRIX_SCORES or key.shape[-1] != d
              or any(kwargs.get(k) is not None for k in ("position_bias", "softcap", "s_aux", "sinks")))
     if plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -80,9 +81,8 @@ def decode_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
     g = h // kvh
     scores = torch.matmul(query.reshape(b, kvh, g * q, d), key.transpose(2, 3)).view(b, kvh, g, q, -1)
     scores = scores.float() * (scaling if scaling is not None else d**-0.5)
-    if attention_mask is not None:
-        m = attention_mask[:, :, None]  # [B, 1, 1, Q, K]: shared by every head
-        scores = scores.masked_fill(~m, torch.finfo(scores.dtype).min) if m.dtype == torch.bool else scores + m
+    m = attention_mask[:, :, None]  # [B, 1, 1, Q, K]: shared by every head
+    scores = scores.masked_fill(~m, torch.finfo(scores.dtype).min) if m.dtype == torch.bool else scores + m
     probs = torch.softmax(scores, dim=-1).to(value.dtype).view(b, kvh, g * q, -1)
     out = torch.matmul(probs, value).view(b, h, q, d)
     return out.transpose(1, 2).contiguous(), None
