@@ -31,7 +31,6 @@ from engine_speed import ForwardTimer, forced_group, load, titles_for  # noqa: E
 
 from aspd.bench.report import machine_info  # noqa: E402
 from aspd.engine import HybridEngine, Limits  # noqa: E402
-from aspd.engine.kv import DynamicKV, Slots  # noqa: E402
 from aspd.engine.sampling import SamplingParams  # noqa: E402
 
 
@@ -60,7 +59,7 @@ class StubForward:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for view, orig in zip((DynamicKV, Slots), self._orig, strict=True):
+        for view, orig in zip(ForwardTimer.VIEWS, self._orig, strict=True):
             view.feed = orig  # type: ignore[method-assign]
 
 
