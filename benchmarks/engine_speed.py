@@ -180,6 +180,9 @@ def bench_branches(eng: HybridEngine, args: argparse.Namespace) -> list[dict[str
                     cap = prefix + args.branch_tokens + 1  # prefix + body steps + <|/branch|>
                     lim = Limits(max_new_tokens=len(forced) + n * cap + 1, max_branches=n, max_branch_tokens=cap,
                                  max_groups=1)
+                    if len(prompt) + len(forced) + n * cap + 2 > eng.context:
+                        raise SystemExit(f"{n} branches of {cap} tokens do not fit the model's {eng.context} "
+                                         "positions: lower --branch-tokens or --branches")
                     g = eng.generate(prompt, answer_prefix=forced, limits=lim)
                     assert g.stats.branches == [n], g.stats.branches
             if rep >= args.warmup:

@@ -38,3 +38,11 @@ def test_engine_overhead_times_the_engine_without_the_model(tmp_path):
     assert [r["branches"] for r in rows] == [1, 3]
     assert rows[1]["steps"] > 0 and rows[0]["steps"] > 0  # the script exits non-zero if the group does not open
     assert all(r["step_us"] > 0 for r in rows) and rows[1]["serial_step_us"] > 0
+
+
+def test_engine_speed_says_when_the_groups_do_not_fit_the_model(tmp_path):
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks/engine_speed.py"), "--model", "tiny", "--device",
+                          "cpu", "--engines", "fast", "--branches", "16", "--out", str(tmp_path / "s")],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode != 0 and "do not fit the model's 512 positions" in run.stderr
+    assert "Traceback" not in run.stderr
