@@ -86,7 +86,7 @@ def test_static_shapes_compile_one_graph_per_bucket_with_the_eager_answers(monke
 
 
 def test_compile_defaults_to_cuda_only_and_bad_mode_is_refused(monkeypatch):
-    from aspd.engine.compiled import compile_mode, compile_shapes, resolve_compile
+    from aspd.engine.compiled import compile_mode, compile_shapes, decode_attention_on, resolve_compile
 
     assert resolve_compile(None, torch.device("cuda")) and not resolve_compile(None, torch.device("cpu"))
     assert resolve_compile(True, torch.device("cpu")) and not resolve_compile(False, torch.device("cuda"))
@@ -108,6 +108,12 @@ def test_compile_defaults_to_cuda_only_and_bad_mode_is_refused(monkeypatch):
     monkeypatch.setenv("ASPD_COMPILE_SHAPES", "fixed")
     with pytest.raises(ValueError, match="ASPD_COMPILE_SHAPES must be one of"):
         compile_shapes()
+    assert decode_attention_on()
+    monkeypatch.setenv("ASPD_DECODE_ATTENTION", "0")
+    assert not decode_attention_on()
+    monkeypatch.setenv("ASPD_DECODE_ATTENTION", "off")
+    with pytest.raises(ValueError, match="ASPD_DECODE_ATTENTION must be 0 or 1"):
+        decode_attention_on()
 
 
 def test_a_step_that_cannot_compile_falls_back_to_eager_with_a_warning():

@@ -46,31 +46,32 @@ def resolve_compile(compile: bool | None, device: torch.device) -> bool:
         return bool(compile)
     env = os.environ.get(ENV_COMPILE, "").strip()
     if env:
-        if env not in ("0", "1"):
-            raise ValueError(f"{ENV_COMPILE} must be 0 or 1; not {env!r}")
-        return env == "1"
+        return _flag(ENV_COMPILE, env)
     return device.type == "cuda"
 
 
 def compile_mode() -> str:
-    mode = os.environ.get(ENV_MODE, "default")
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"{ENV_MODE} must be one of {', '.join(COMPILE_MODES)}; not {mode!r}")
-    return mode
+    return _one_of(ENV_MODE, os.environ.get(ENV_MODE, "default"), COMPILE_MODES)
 
 
 def compile_shapes() -> str:
-    shapes = os.environ.get(ENV_SHAPES, "dynamic")
-    if shapes not in COMPILE_SHAPES:
-        raise ValueError(f"{ENV_SHAPES} must be one of {', '.join(COMPILE_SHAPES)}; not {shapes!r}")
-    return shapes
+    return _one_of(ENV_SHAPES, os.environ.get(ENV_SHAPES, "dynamic"), COMPILE_SHAPES)
 
 
 def decode_attention_on() -> bool:
-    env = os.environ.get(ENV_DECODE_ATTENTION, "1").strip()
-    if env not in ("0", "1"):
-        raise ValueError(f"{ENV_DECODE_ATTENTION} must be 0 or 1; not {env!r}")
-    return env == "1"
+    return _flag(ENV_DECODE_ATTENTION, os.environ.get(ENV_DECODE_ATTENTION, "1").strip())
+
+
+def _flag(name: str, value: str) -> bool:
+    if value not in ("0", "1"):
+        raise ValueError(f"{name} must be 0 or 1; not {value!r}")
+    return value == "1"
+
+
+def _one_of(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; not {value!r}")
+    return value
 
 
 def enable_caches() -> str:
