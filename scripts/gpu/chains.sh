@@ -14,9 +14,9 @@
 # rebench: the shipped pairs on Vicuna-80, NLL under the 1.5B, the pairwise and the single-answer judges
 #          (stage_judge.sh: carry .xfer/srv too).
 # measure: (one GPU, nothing beside it: benches on a host busy with another chain's compiling are not comparable)
-#          stage_compile.sh for SmolLM2 and the 0.5B with AB="ASPD_DECODE_ATTENTION=0" (the engine before
-#          aspd.attention.decode_attention, in the same run); the shipped 0.5B pair on Vicuna-80 (no NLL: the 1.5B is
-#          not received); the load test; the SmolLM2 pair. ~30 min in all: it fills a lease. Carry the four adapters
+#          the shipped 0.5B and SmolLM2 pairs on Vicuna-80 on aspd.attention.decode_attention (no NLL: the 1.5B
+#          is not received); stage_compile.sh for both (the 16-branch step, the fp32 check on the GPU); the load
+#          test. ~25 min in all: it fills a lease. Carry the four adapters
 #          (src/aspd/models/artifacts/*-{smollm2-135m,qwen2.5-coder-0.5b}) in a call of their own.
 # SERIAL_SHARE / MIN_LAYOUT choose the training set (stage_models.sh setup); defaults 0.2 and 1.5.
 set -uo pipefail
@@ -67,10 +67,10 @@ case "$1" in
       .xfer/data/bench vicuna80_qwen2.5-coder-1.5b vicuna80_qwen2.5-coder-0.5b vicuna80_smollm2-135m ;;
   measure)
     bases qwen2.5-coder-0.5b smollm2-135m
-    AB="ASPD_DECODE_ATTENTION=0" ENGINES=fast-compiled SPEED_S=300 MODELS="smollm2-135m qwen2.5-coder-0.5b" \
-      OUT=$OUT/compile run bash $g/stage_compile.sh 900
     NLL_MODEL= bench qwen2.5-coder-0.5b vicuna_bench.jsonl vicuna80_qwen2.5-coder-0.5b 300
-    ASPD_COMPILE=0 OUT=$OUT/load run bash $g/stage_load.sh
-    NLL_MODEL= bench smollm2-135m vicuna_bench.jsonl vicuna80_smollm2-135m 300 ;;
+    NLL_MODEL= bench smollm2-135m vicuna_bench.jsonl vicuna80_smollm2-135m 300
+    ENGINES=fast-compiled SPEED_S=240 MODELS="qwen2.5-coder-0.5b smollm2-135m" \
+      OUT=$OUT/compile run bash $g/stage_compile.sh 600
+    ASPD_COMPILE=0 OUT=$OUT/load run bash $g/stage_load.sh ;;
   *) echo "usage: $0 flagship|engine|rebench|measure" >&2; exit 2 ;;
 esac
