@@ -16,7 +16,7 @@
 # measure: (one GPU, nothing beside it: benches on a host busy with another chain's compiling are not comparable)
 #          the shipped 0.5B and SmolLM2 pairs on Vicuna-80 on aspd.attention.decode_attention (no NLL: the 1.5B
 #          is not received); stage_compile.sh for both (the 16-branch step, the fp32 check on the GPU); the load
-#          test. ~25 min in all: it fills a lease. Carry the four adapters
+#          test. ~30 min in all: it fills a lease (the first bench compiles every bucket and span cold, >5 min). Carry the four adapters
 #          (src/aspd/models/artifacts/*-{smollm2-135m,qwen2.5-coder-0.5b}) in a call of their own.
 # SERIAL_SHARE / MIN_LAYOUT choose the training set (stage_models.sh setup); defaults 0.2 and 1.5.
 set -uo pipefail
@@ -67,8 +67,8 @@ case "$1" in
       .xfer/data/bench vicuna80_qwen2.5-coder-1.5b vicuna80_qwen2.5-coder-0.5b vicuna80_smollm2-135m ;;
   measure)
     bases qwen2.5-coder-0.5b smollm2-135m
-    NLL_MODEL= bench qwen2.5-coder-0.5b vicuna_bench.jsonl vicuna80_qwen2.5-coder-0.5b 300
-    NLL_MODEL= bench smollm2-135m vicuna_bench.jsonl vicuna80_smollm2-135m 300
+    NLL_MODEL= bench qwen2.5-coder-0.5b vicuna_bench.jsonl vicuna80_qwen2.5-coder-0.5b 600
+    NLL_MODEL= bench smollm2-135m vicuna_bench.jsonl vicuna80_smollm2-135m 480
     ENGINES=fast-compiled SPEED_S=240 MODELS="qwen2.5-coder-0.5b smollm2-135m" \
       OUT=$OUT/compile run bash $g/stage_compile.sh 600
     ASPD_COMPILE=0 OUT=$OUT/load run bash $g/stage_load.sh ;;

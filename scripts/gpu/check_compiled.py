@@ -17,6 +17,7 @@ import torch
 
 from aspd.attention import use_decode_attention
 from aspd.engine import HybridEngine, Limits
+from aspd.engine.compiled import decode_attention_on
 from aspd.engine.verify import check_engines_agree, forced_group
 from aspd.loading import load_model
 from aspd.tokens import add_control_tokens
@@ -35,26 +36,30 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--decode-attention", action="store_true",
-                    help="the fast engine on aspd.attention.decode_attention, the eager one on SDPA (on a GPU the fast "
-                         "engine switches by itself where it compiles; on the CPU only with this flag)")
+                    help="the fast engine on aspd.attention.decode_attention, the eager one on SDPA (the default on a "
+                         "GPU, where the fast engine switches its model by itself unless ASPD_DECODE_ATTENTION=0)")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     report: dict[str, Any] = {"model": args.model, "dtype": args.dtype, "torch": torch.__version__,
-                              "decode_attention": args.decode_attention,
                               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else args.device,
                               "date": time.strftime("%Y-%m-%d"), "runs": []}
     try:
         model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
         add_control_tokens(tok, model)
         eager = HybridEngine(model, tok, engine="eager")
-        if args.decode_attention:  # a second copy: the eager reference stays on SDPA
+        # On CUDA the compiled engine switches its model to decode_attention: the reference needs a model of its own,
+        # else it would run the same attention and the check would not cover it.
+        if args.decode_attention or (torch.device(args.device).type == "cuda" and decode_attention_on()):
             fast_model, _ = load_model(args.model, device=args.device, dtype=args.dtype)
             add_control_tokens(tok, fast_model)
             use_decode_attention(fast_model)
         else:
             fast_model = model
         fast = HybridEngine(fast_model, tok, engine="fast", compile=True)
+        fast.static_kv()  # the cache (and with it the switch of attention) is made here, not at the first answer
+        report["attention"] = {"eager": model.config._attn_implementation,
+                               "fast": fast_model.config._attn_implementation}
         for prompt, titles in PROMPTS:
             for mode in ("serial", "group"):
                 t0 = time.perf_counter()
