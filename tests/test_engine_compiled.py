@@ -152,3 +152,26 @@ def test_decode_attention_gives_the_sdpa_engine_answers(arch, compile, one_threa
     same_group_answer(eager, fast, tok, ctrl)
     assert model.config._attn_implementation == "aspd_sdpa"
     assert not compile or fast._static.compiled.error is None  # no silent fall back to the eager step
+
+
+@pytest.mark.slow
+def test_the_first_multi_row_step_compiles_the_dynamic_graph_whatever_its_size(one_thread):
+    """A first step of 64 rows (a prompt's prefill) compiles the graph that is dynamic in the step's size, not a
+    static one of its own: on `decode_attention`, the one-row graph, one for 2-64 rows and one beyond (SDPA
+    again), so three graphs whatever order the buckets come in (four when the first was left static)."""
+    import torch._dynamo
+
+    from aspd.attention import use_decode_attention
+
+    tok = tiny_tokenizer()
+    model = tiny_model("qwen2", len(tok))
+    add_control_tokens(tok, model)
+    assert use_decode_attention(model)
+    kv = HybridEngine(model, tok, engine="fast", compile=True).static_kv()
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    with torch.inference_mode():
+        kv._step(kv._inputs([], [], 1), kv.capacity)  # the cache allocates its buffers eagerly, as warm() does
+        for size in (64, 1, 16, 2, 32, 128, 256):
+            kv._bucket_step(kv._inputs([], [], size), kv.capacity)
+    assert kv.compiled.error is None
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 3

@@ -3,9 +3,10 @@ compiled by torch.compile (inductor), which fuses the model's small kernels; on 
 then captured as a CUDA graph by `StaticKV`, as the eager step is.
 
 Shapes are static per bucket: a step of k tokens is padded to the smallest bucket >= k and reads a fixed span of
-slots (`StaticKV.spans`). Dynamo compiles the first bucket it meets (the serial step, k = 1) with static shapes and,
-at the second bucket size, one graph dynamic in k for all the others, so a model costs two compilations per span,
-not one per bucket (three with `decode_attention`, whose branch at 64 rows splits the dynamic graph).
+slots (`StaticKV.spans`). The one-token step compiles with static shapes, and the first step of more tokens (of any
+bucket: a prompt's prefill often comes first) one graph dynamic in k for all the others, so a model costs two
+compilations per span, not one per bucket (three with `decode_attention`, whose branch at 64 rows splits the
+dynamic graph).
 `ASPD_COMPILE_SHAPES=static` compiles one static graph per bucket instead. Prefill and other long feeds stay eager
 (rare, and of ever-changing length).
 
@@ -129,6 +130,12 @@ class CompiledStep:
             return self.eager(inputs, span, rows)
         key = (inputs.shape[1], span, rows is not None)
         first = key not in self._seen
+        if first and self.shapes == "dynamic" and inputs.shape[1] > 1:
+            # Dynamic in the step's size from the first multi-row bucket on, whichever comes first: left to
+            # dynamo, a first step of 64 (a prompt) compiles a static graph that no other bucket can reuse.
+            torch._dynamo.mark_dynamic(inputs, 1)
+            if rows is not None:
+                torch._dynamo.mark_dynamic(rows, 0)
         t0 = time.perf_counter()
         try:
             out = self.fn(inputs, span, rows)
