@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from aspd.engine import HybridEngine, Limits, SamplingParams
-from aspd.engine.kv import StaticKV
+from aspd.engine.kv import BUCKETS, StaticKV
 from aspd.testing import ARCHS, tiny_model, tiny_tokenizer
 from aspd.tokens import add_control_tokens, text_ids
 
@@ -100,6 +100,22 @@ def test_fast_sampling_is_reproducible_per_seed_and_respects_limits():
                       limits=lim)
     assert a.answer_ids == b.answer_ids and a.answer_ids != c.answer_ids
     assert a.stats.tokens <= 45 and a.stats.branches == [3]
+
+
+def test_warm_runs_every_bucket_at_every_span_with_a_progress_bar(capsys):
+    """warm() steps every bucket at every span before the first answer, and with progress shows it on stderr (cold
+    on a GPU it compiles for minutes); the warmed cache still gives the eager engine's answer."""
+    ctrl, tok, eager, _, padded = engines("llama")
+    padded._static = StaticKV(padded, capacity=1024, bucketed=True)
+    padded._static.span_min = 256
+    shapes = padded.warm(1024, progress=True)
+    assert set(shapes) == {f"{b}{s}" for b in BUCKETS for s in ("", "@256")}
+    assert "aspd: running the decode step" in capsys.readouterr().err
+    assert padded.warm(1024) == shapes  # a second warm-up finds everything done
+    assert not capsys.readouterr().err
+    lim = Limits(max_new_tokens=30, max_branch_tokens=8)
+    same(eager.generate(PROMPT, answer_prefix=forced(tok, ctrl), limits=lim, record=True),
+         padded.generate(PROMPT, answer_prefix=forced(tok, ctrl), limits=lim, record=True))
 
 
 def test_unknown_engine_is_refused():

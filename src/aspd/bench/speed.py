@@ -187,7 +187,7 @@ def run_speed(
             longest = max(len(eng.to_ids("\n".join(q.turns), chat=False)) + (len(q.turns) - 1) * limits.max_new_tokens
                           for q in questions)
             t0 = time.perf_counter()
-            eng.warm(max(4096, reservation(longest + 64, "hybrid", limits)))
+            eng.warm(max(4096, reservation(longest + 64, "hybrid", limits)), progress=True)
             compiled[key] = round(time.perf_counter() - t0, 3)
         # Short answers suffice to compile kernels and size the allocator; they are not measured.
         wl = replace(limits, max_new_tokens=min(limits.max_new_tokens, 32))

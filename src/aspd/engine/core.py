@@ -269,14 +269,15 @@ class HybridEngine:
             self._static = StaticKV(self, max(1024, capacity))
         return self._static
 
-    def warm(self, capacity: int = 4096) -> dict[str, float]:
+    def warm(self, capacity: int = 4096, *, progress: bool = False) -> dict[str, float]:
         """Size the fast engine's cache for `capacity` tokens and compile and capture its buckets before the
         first answer (seconds per bucket; {} for the eager engine). Without it, the first answer that needs a
-        new bucket, or a larger cache, pays for compiling inside its own time: 41-64 s on an H200."""
+        new bucket, or a larger cache, pays for compiling inside its own time: 41-64 s on an H200. Cold, the
+        whole warm-up takes minutes on a GPU; `progress` shows a bar on stderr."""
         if self.engine == "eager":
             return {}
         with self._lock:
-            return self.static_kv(capacity).warm()
+            return self.static_kv(capacity).warm(progress)
 
     def decoder(self, prompt: Sequence[int] | str | Sequence[Message], kv: DynamicKV | Slots, *,
                 mode: str = "hybrid", sampling: SamplingParams | None = None, limits: Limits | None = None,

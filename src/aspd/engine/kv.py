@@ -368,27 +368,31 @@ class StaticKV:
             logits = self._step(inputs, self.high, dev)
         return list(logits.split([len(p.ids) for p in parts]))
 
-    def warm(self) -> dict[str, float]:
+    def warm(self, progress: bool = False) -> dict[str, float]:
         """Compile and capture every bucket at every span now (padding rows only), so that no answer pays for it
         later; returns the seconds per bucket ("size" at the whole capacity, "size@span" below it). A no-op for an
         unbucketed cache. The capacity must not grow afterwards: a larger cache is new buffers and new shapes, so
-        every bucket is captured, and compiled, again."""
+        every bucket is captured, and compiled, again. progress: a bar on stderr (compiling cold takes minutes)."""
         if not self.bucketed:
             return {}
+        from tqdm import tqdm
+
+        what = "compiling and capturing" if self.compiled is not None else "capturing" if self.graphs_on else "running"
+        shapes = [(span, size) for span in self.spans() for size in BUCKETS]
         with torch.inference_mode():
-            for span in self.spans():
-                for size in BUCKETS:
-                    t0 = time.perf_counter()
-                    if self.graphs_on:
-                        if (size, False, span) not in self.graphs:
-                            self._capture(size, False, span)
-                    else:
-                        inputs = self._inputs([], [], size).to(self.e.device)
-                        if not self.layers[0].is_initialized:
-                            self._step(inputs, span)  # allocates the cache, outside the compiled code
-                        self._bucket_step(inputs, span)
-                        self.capture_seconds.setdefault(self._key(size, False, span),
-                                                        round(time.perf_counter() - t0, 3))
+            for span, size in tqdm(shapes, desc=f"aspd: {what} the decode step", unit="shape", leave=False,
+                                   disable=not progress):
+                t0 = time.perf_counter()
+                if self.graphs_on:
+                    if (size, False, span) not in self.graphs:
+                        self._capture(size, False, span)
+                else:
+                    inputs = self._inputs([], [], size).to(self.e.device)
+                    if not self.layers[0].is_initialized:
+                        self._step(inputs, span)  # allocates the cache, outside the compiled code
+                    self._bucket_step(inputs, span)
+                    self.capture_seconds.setdefault(self._key(size, False, span),
+                                                    round(time.perf_counter() - t0, 3))
         return dict(self.capture_seconds)
 
     def _key(self, size: int, explicit: bool, span: int) -> str:

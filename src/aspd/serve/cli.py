@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     served = load_served(args)
     if served.engine.device.type == "cuda":  # compile and capture now, for the whole cache: no stall in a request
         t0 = time.perf_counter()
-        served.engine.warm(args.max_cache_tokens)
+        served.engine.warm(args.max_cache_tokens, progress=True)
         print(f"aspd serve: decode step compiled and captured in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     app = create_app(served, max_queue=args.max_queue, api_key=key, max_batch=args.max_batch,
                      max_slots=args.max_cache_tokens)
