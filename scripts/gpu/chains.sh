@@ -16,8 +16,9 @@
 # measure: (one GPU, nothing beside it: benches on a host busy with another chain's compiling are not comparable)
 #          the shipped 0.5B and SmolLM2 pairs on Vicuna-80 on aspd.attention.decode_attention (no NLL: the 1.5B
 #          is not received); stage_compile.sh for both (the 16-branch step, the fp32 check on the GPU); the load
-#          test. ~30 min in all: it fills a lease (the first bench compiles every bucket and span cold, >5 min). Carry the four adapters
-#          (src/aspd/models/artifacts/*-{smollm2-135m,qwen2.5-coder-0.5b}) in a call of their own.
+#          test. ~30 min in all: it fills a lease (the first bench compiles every bucket and span cold, >5 min).
+#          Carry the four adapters (src/aspd/models/artifacts/*-{smollm2-135m,qwen2.5-coder-0.5b}) in a call of
+#          their own.
 # SERIAL_SHARE / MIN_LAYOUT choose the training set (stage_models.sh setup); defaults 0.2 and 1.5.
 set -uo pipefail
 w=${W:-/root/work}
