@@ -19,6 +19,9 @@
 #          test. ~30 min in all: it fills a lease (the first bench compiles every bucket and span cold, >5 min).
 #          Carry the four adapters (src/aspd/models/artifacts/*-{smollm2-135m,qwen2.5-coder-0.5b}) in a call of
 #          their own.
+# next:    (one GPU; receive smollm2-135m and qwen2.5-coder-1.5b, carry the two 1.5B adapters in a call of their own)
+#          stage_compile.sh for SmolLM2 (issue 19's last figure: its 16-branch step since the host-side changes);
+#          then the shipped 1.5B pair on the new engine: Vicuna-80 (NLL under itself), RAG-50, MT-Bench-80.
 # SERIAL_SHARE / MIN_LAYOUT choose the training set (stage_models.sh setup); defaults 0.2 and 1.5.
 set -uo pipefail
 w=${W:-/root/work}
@@ -73,5 +76,11 @@ case "$1" in
     ENGINES=fast-compiled SPEED_S=240 MODELS="qwen2.5-coder-0.5b smollm2-135m" \
       OUT=$OUT/compile run bash $g/stage_compile.sh 600
     ASPD_COMPILE=0 OUT=$OUT/load run bash $g/stage_load.sh ;;
-  *) echo "usage: $0 flagship|engine|rebench|measure" >&2; exit 2 ;;
+  next)
+    bases smollm2-135m qwen2.5-coder-1.5b
+    ENGINES=fast-compiled SPEED_S=300 MODELS=smollm2-135m OUT=$OUT/compile run bash $g/stage_compile.sh 420
+    bench qwen2.5-coder-1.5b vicuna_bench.jsonl vicuna80_qwen2.5-coder-1.5b 720
+    NLL_MODEL= bench qwen2.5-coder-1.5b rag_bench.jsonl rag50_qwen2.5-coder-1.5b 360 50
+    NLL_MODEL= bench qwen2.5-coder-1.5b mt_bench.jsonl mt80_qwen2.5-coder-1.5b 600 ;;
+  *) echo "usage: $0 flagship|engine|rebench|measure|next" >&2; exit 2 ;;
 esac
