@@ -117,10 +117,10 @@ _BACK_REFERENCE = re.compile(
     re.IGNORECASE,
 )
 # A step that needs an earlier one ("Then run it", "the file from step 2").
-_STEP_START = re.compile(r"^(then|next|now|after(wards)?|once|finally|lastly|repeat|continue|this|that|it|these)\b",
-                         re.IGNORECASE)
+_ORDER_WORDS = r"then|next|now|after(wards)?|once|finally|lastly|repeat|continue"
+_STEP_START = re.compile(rf"^({_ORDER_WORDS}|this|that|it|these)\b", re.IGNORECASE)
 # After a label, a pronoun names the label ("**Transit Method**: This method ..."); only order words refer back.
-_STEP_AFTER_LABEL = re.compile(r"^(then|next|now|after(wards)?|once|finally|lastly|repeat|continue)\b", re.IGNORECASE)
+_STEP_AFTER_LABEL = re.compile(rf"^({_ORDER_WORDS})\b", re.IGNORECASE)
 _CLOSING_LABEL = re.compile(r"^(conclusion|summary|in (summary|conclusion|short)|overall|final (thoughts|words)|"
                             r"key takeaways?|takeaways?|bottom line)$", re.IGNORECASE)
 _STEP_REFERENCE = re.compile(
@@ -460,10 +460,15 @@ class Run:
         ))
 
 
+def _unemphasized(text: str) -> str:
+    """The text without bold markers, so that "**Design**: ..." reads as "Design: ..."."""
+    return text.replace("**", "").replace("__", "")
+
+
 def _refers_back(texts: Sequence[str]) -> bool:
     """Whether a later item needs an earlier one (sequential steps stay serial)."""
     for t in texts[1:]:
-        lead = _ITEM_MARK.sub("", t.lstrip(), count=1).replace("**", "").replace("__", "").lstrip()
+        lead = _unemphasized(_ITEM_MARK.sub("", t.lstrip(), count=1)).lstrip()
         body = _LABEL_LEAD.sub("", lead, count=1)  # "Design: Once the requirements are gathered, ..."
         if _STEP_START.match(lead) or _STEP_AFTER_LABEL.match(body) or _STEP_REFERENCE.search(t):
             return True
@@ -705,7 +710,7 @@ def _label_runs(text: str, lines: Sequence[_Line], covered: set[int]) -> list[Ru
 
     def ok(p: int) -> bool:  # a labelled paragraph, not a closing one ("**Conclusion**:") that sums up the others
         first = lines[paragraphs[p][0]]
-        label = _LABEL_LEAD.match(first.text.strip().replace("**", "").replace("__", ""))
+        label = _LABEL_LEAD.match(_unemphasized(first.text.strip()))
         name = _ITEM_MARK.sub("", label.group(0).strip(" :\t"), count=1) if label else ""
         closing = _CLOSING_LABEL.match(name) is not None
         return _is_labelled(first, paragraphs[p][1] - paragraphs[p][0]) and not closing
