@@ -22,6 +22,10 @@
 # next:    (one GPU; receive smollm2-135m and qwen2.5-coder-1.5b, carry the two 1.5B adapters in a call of their own)
 #          stage_compile.sh for SmolLM2 (issue 19's last figure: its 16-branch step since the host-side changes);
 #          then the shipped 1.5B pair on the new engine: Vicuna-80 (NLL under itself), RAG-50, MT-Bench-80.
+# serve:   (GPU 0 of two; receive smollm2-135m, then qwen2.5-coder-0.5b and -1.5b; `touch /root/models/NAME.ok`
+#          once a GGUF's sha256 is checked) stage_compile.sh for SmolLM2 (issue 19's last figure); the load test on
+#          the cache read by spans (issue 20). Beside it, answers2.sh (both GPUs, once the 1.5B is received):
+#          the teacher's answers to the prompts still unanswered and its replies to the open span requests.
 # SERIAL_SHARE / MIN_LAYOUT choose the training set (stage_models.sh setup); defaults 0.2 and 1.5.
 set -uo pipefail
 w=${W:-/root/work}
@@ -82,5 +86,11 @@ case "$1" in
     bench qwen2.5-coder-1.5b vicuna_bench.jsonl vicuna80_qwen2.5-coder-1.5b 720
     NLL_MODEL= bench qwen2.5-coder-1.5b rag_bench.jsonl rag50_qwen2.5-coder-1.5b 360 50
     NLL_MODEL= bench qwen2.5-coder-1.5b mt_bench.jsonl mt80_qwen2.5-coder-1.5b 600 ;;
-  *) echo "usage: $0 flagship|engine|rebench|measure|next" >&2; exit 2 ;;
+  serve)
+    bases smollm2-135m
+    ENGINES=fast-compiled SPEED_S=300 MODELS=smollm2-135m OUT=$OUT/compile run bash $g/stage_compile.sh 420
+    until [ -f /root/models/qwen2.5-coder-0.5b.ok ]; do sleep 5; done
+    bases qwen2.5-coder-0.5b
+    ASPD_COMPILE=0 OUT=$OUT/load run bash $g/stage_load.sh ;;
+  *) echo "usage: $0 flagship|engine|rebench|measure|next|serve" >&2; exit 2 ;;
 esac

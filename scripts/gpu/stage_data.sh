@@ -12,8 +12,8 @@
 #   transform  rules + span replies as candidates, cheap checks, the likelihood judge under the target model
 # .xfer/data (carried once, with setup) holds train_prompts.jsonl (the shared prompts), synth_requests.jsonl.gz and
 # chatterbot_prompts.jsonl.gz (data/prompts/) and bench/ (vicuna, mt_bench, rag_bench); setup copies it to
-# /root/work/in; .xfer/data/prev/{synth_answered,answers,answers_dropped}.jsonl.gz, if carried, are the last lease's
-# state for --resume. LIMIT=N answers only N requests per step (a dry run). ENGINE (default pad: left-padded batches,
+# /root/work/in; .xfer/data/prev/{synth_answered,answers,answers_dropped,prompts}.jsonl.gz, if carried, are the last
+# lease's state for --resume (prompts: its merged prompt set, so that `answers` needs no `synth` first). LIMIT=N answers only N requests per step (a dry run). ENGINE (default pad: left-padded batches,
 # twice the rate of aspd's own batching on these short replies to long requests, measured) and BATCH (default 1,024
 # rows) choose how distill batches.
 set -euo pipefail
@@ -36,6 +36,7 @@ setup)
   [ -s $w/answers.jsonl ] || [ ! -f $prev/answers.jsonl.gz ] || gzip -dc $prev/answers.jsonl.gz > $w/answers.jsonl
   [ -s $w/answers.jsonl.dropped.jsonl ] || [ ! -f $prev/answers_dropped.jsonl.gz ] \
     || gzip -dc $prev/answers_dropped.jsonl.gz > $w/answers.jsonl.dropped.jsonl
+  [ -s $w/prompts.jsonl ] || [ ! -f $prev/prompts.jsonl.gz ] || gzip -dc $prev/prompts.jsonl.gz > $w/prompts.jsonl
   for m in "$teacher" ${JUDGE:+"$judge"}; do
     [ -d "$ASPD_CACHE/models/$m" ] || aspd models fetch "$m" --gguf "/root/models/$m.gguf" --dtype bfloat16 -q
   done
@@ -63,15 +64,20 @@ answers)
   gzip -c $w/answers.jsonl.dropped.jsonl > "$OUT/answers_dropped.jsonl.gz"
   cp $w/answers.jsonl.meta.json "$OUT/answers.meta.json" ;;
 spans)
-  # Only answers the rules find no group in go to the teacher; the others keep their rule candidates.
+  # Only answers the rules find no group in go to the teacher; the others keep their rule candidates. Answers of
+  # an earlier lease were asked about then (its open requests travel as prev/span_req.jsonl.gz: `chains.sh data`).
   [ -s $w/prose.jsonl ] || python3 -c "
-import json, sys
+import gzip, json, os, sys
 from aspd.pipeline.rules import RuleRewriter
 rules = RuleRewriter()
+old = set()
+if os.path.exists(sys.argv[3]):
+    old = {json.loads(line)['id'] for line in gzip.open(sys.argv[3], 'rt')}
 with open(sys.argv[1]) as f, open(sys.argv[2], 'w') as out:
     for line in f:
-        if not any(c.has_parallel for c in rules.candidates(json.loads(line)['answer'], 4)):
-            out.write(line)" $w/answers.jsonl $w/prose.jsonl
+        obj = json.loads(line)
+        if obj['id'] not in old and not any(c.has_parallel for c in rules.candidates(obj['answer'], 4)):
+            out.write(line)" $w/answers.jsonl $w/prose.jsonl $x/prev/answers.jsonl.gz
   [ -s $w/span_req.jsonl ] || aspd transform --input $w/prose.jsonl --span-requests $w/span_req.jsonl | tail -2
   touch $w/span_rep.jsonl
   aspd distill --resume --model "$teacher" --prompts $w/span_req.jsonl --output $w/span_rep.jsonl --keep-bad "${lim[@]}" "${eng[@]}" \
