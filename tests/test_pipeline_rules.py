@@ -66,6 +66,7 @@ def by_source(cands: list[Candidate]) -> dict[str, Candidate]:
     ("- Eat a balanced diet rich in fruit and vegetables", "- Eat a balanced diet"),
     ("- Use the (optional) flag now", "- Use"),
     ("2. Sleep - Get eight hours.", "2. Sleep -"),  # a body starting " - Get" would read as a bullet
+    ("1. **Montgomery Zoo** - Home to 500 animals.", "1. **Montgomery Zoo** -"),  # likewise after a bold lead
     ("1. Setup\n   - a\n   - b", "1. Setup"),  # a short first line with more below: the whole line
     ("3. **Use [pandas](https://x.org)** for loading", "3. **Use [pandas](https://x.org)**"),
     ('3. "The End of the Line" by the band', '3. "The End of the Line"'),  # never inside quotes or code
@@ -203,6 +204,50 @@ def test_labelled_paragraphs_whose_body_names_its_label_and_a_closing_label() ->
     assert len(groups_of(c)[0]) == 3  # a numbered closing label ends the run too
     # Order words after a label still refer back.
     assert find_runs("**1. Design**: Draw the schema.\n\n**2. Build**: Then write the code.") == []
+
+
+def test_adjacent_bold_label_lines() -> None:
+    """The teacher's other usual shape: one line per aspect, no blank line between them, under an intro line
+    and above a closing line of the same paragraph. Each line is a branch; the closing line stays serial."""
+    answer = ("Urban wildlife poses risks to people and pets. Common dangers include:\n"
+              "**Disease transmission**: Some species carry rabies.\n"
+              "**Predation:** Foxes can prey on small pets.\n"
+              "**Traffic collisions**: Deer collide with cars.\n"
+              "Knowing these dangers helps people stay safe.")
+    (c,) = rewrite(answer)
+    assert groups_of(c) == [[("**Disease transmission**:", " Some species carry rabies."),
+                             ("**Predation:**", " Foxes can prey on small pets."),
+                             ("**Traffic collisions**:", " Deer collide with cars.")]]
+    assert flatten(parse(c.markup or "")) == answer
+    assert parse(c.markup or "").segments[-1] == Serial("Knowing these dangers helps people stay safe.")
+    # A bold name with a dash after it is a label too; the dash goes with the head.
+    dashed = "Courses to try:\n**1. Photography** - Learn the camera.\n**2. Mapping** - Read the land.\n"
+    assert [[it.title for it in r.items] for r in find_runs(dashed)] == [["**1. Photography** -", "**2. Mapping** -"]]
+    # Repeated pairs whose second line answers the first: the pairs may be branches, their lines never.
+    pairs = "**Myth:** Cold causes flu.\n**Fact:** Viruses do.\n\n**Myth:** Bats are blind.\n**Fact:** They see."
+    assert [[pairs[it.start : it.end] for it in r.items] for r in find_runs(pairs)] == [pairs.split("\n\n")]
+    # Lines that answer or use each other stay serial: repeated pairs, a dialogue, a calculation from the items
+    # above, an item that introduces what follows it, order words; so do plain labels and anything in code.
+    serial = [
+        "**Myth:** Cold causes flu.\n**Fact:** Viruses do.\n**Myth:** Bats are blind.\n**Fact:** They see.",
+        "**Alice:** Hi there.\n**Bob:** Hello Alice.\n**Alice:** How are you?",
+        "**Length:** 6 feet\n**Width:** 4 feet\n**Perimeter:** 2 * (length + width) = 20 feet",
+        "**Warm-up:** Stretch for five minutes.\n**Race plan:** Split it into three parts:\n- fast\n- slow",
+        "**Breakfast:** Read at 8 AM.\n**Lunch:** Continue reading until 2 PM.\n**Dinner:** Stop at 6 PM.",
+        "Price: A road bike costs more.\nDurability: A mountain bike lasts longer.",
+        "**Code:** `pip install x` first.\n**Output:** It prints 1.",
+        "```md\n**Disease transmission**: Some species carry rabies.\n**Predation:** Foxes prey on pets.\n```",
+    ]
+    for text in serial:
+        assert find_runs(text) == [], text
+
+
+def test_order_words_after_a_colon_inside_bold_refer_back() -> None:
+    """"**Build:** Then ..." is a step like "**Build**: Then ..." (the marker-like "* " before "Then" is no list
+    marker to drop)."""
+    assert find_runs("**1. Design:** Draw the schema.\n\n**2. Build:** Then write the code.") == []
+    assert find_runs("**Design:** Draw the schema.\n\n**Build:** Once it is drawn, write code.") == []
+    assert [len(r.items) for r in find_runs("**Design:** Draw the schema.\n\n**Budget:** Plan the cost.")] == [2]
 
 
 def test_code_fences_are_never_split_or_searched() -> None:

@@ -11,6 +11,9 @@ section 5). Detected structures ("runs" of >= 2 items):
   short label lines (`Pros:` alone on its line, ranked lowest); a section runs to the next heading of the same
   or a higher rank; a closing "In summary ..." paragraph or "## Conclusion" section stays serial;
 - labelled paragraphs: consecutive blank-line-separated paragraphs that start with `Label:` or `**Label**`;
+- labelled lines: adjacent lines (no blank line between) that each start with a bold label and a colon or a
+  dash (`**Plot:** A narrative ...`, `**1. Zoo** - Home to ...`), one item per line, unless a label repeats
+  (dialogue, "Myth:/Fact:" pairs) or an item names an earlier one's label;
 - prose paragraphs: >= 2 consecutive paragraphs of similar length (>= PARA_MIN_WORDS words each) that open
   neither the answer nor with a word that refers back ("This", "However", "Additionally", ...).
 
@@ -99,6 +102,7 @@ _LIST_START = re.compile(r"(?:\d{1,3}[.)]|[-*+•])(?:[ \t]|$)")
 _HEAD_NUMBER = re.compile(r"(?:#{1,6}[ \t]+)?(?:\*\*|__)?(\d{1,3})[.)](?=[ \t*_]|$)")
 _BOLD_LEAD = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1(?:[ \t]*:)?")
 _WORD = re.compile(r"\S+")
+_DASH_AFTER = re.compile(r"[ \t]*[-–—][ \t]")  # " - " right after a bold lead: a separator, as a colon
 _DASHES = ("-", "–", "—")
 _FUNCTION = frozenset(
     "a an the to of in on at for with by from into onto about as and or nor but so if than that which who whom "
@@ -128,6 +132,9 @@ _STEP_REFERENCE = re.compile(
     r"\bas before\b|\bthe same (way|steps?)\b|\bnext step\b",
     re.IGNORECASE,
 )
+# Who speaks or what is asked, not an aspect: the lines of a dialogue or a Q&A answer each other.
+_ROLE_LABEL = re.compile(r"^(question|problem|hint|prompt|response|reply|user|assistant|customer|agent|"
+                         r"interviewer|speaker( \w+)?|person [a-z0-9])$", re.IGNORECASE)
 _LABEL_LEAD = re.compile(r"^[^:\n]{1,60}:[ \t]*")
 _STOPWORDS = _FUNCTION | frozenset(
     "also very more most many much some such other others one two three first second new way ways use used using "
@@ -276,7 +283,8 @@ def split_head(text: str) -> str | None:
         pos = m.end() if m else 0
         head = None
         if (b := _BOLD_LEAD.match(first, pos)) and len(b.group(2).split()) <= MAX_BOLD_WORDS:
-            head = first[: b.end()]
+            # "1. **Zoo** - Home to ...": the dash goes with the head, else the body would start with "- ".
+            head = first[: (d.end() - 1 if (d := _DASH_AFTER.match(first, b.end())) else b.end())]
         elif (lab := _PLAIN_LABEL.match(first[pos:])) and _short_label(lab.group(1)):
             head = first[: pos + lab.end()]
         elif m is not None:
@@ -460,6 +468,11 @@ class Run:
         ))
 
 
+def _drop_marker(text: str) -> str:
+    """The text without its leading list marker ("1. ", "- "); a marker-like "* " further on stays."""
+    return text[m.end() :] if (m := _ITEM_MARK.match(text)) else text
+
+
 def _unemphasized(text: str) -> str:
     """The text without bold markers, so that "**Design**: ..." reads as "Design: ..."."""
     return text.replace("**", "").replace("__", "")
@@ -468,7 +481,7 @@ def _unemphasized(text: str) -> str:
 def _refers_back(texts: Sequence[str]) -> bool:
     """Whether a later item needs an earlier one (sequential steps stay serial)."""
     for t in texts[1:]:
-        lead = _unemphasized(_ITEM_MARK.sub("", t.lstrip(), count=1)).lstrip()
+        lead = _unemphasized(_drop_marker(t.lstrip())).lstrip()
         body = _LABEL_LEAD.sub("", lead, count=1)  # "Design: Once the requirements are gathered, ..."
         if _STEP_START.match(lead) or _STEP_AFTER_LABEL.match(body) or _STEP_REFERENCE.search(t):
             return True
@@ -711,7 +724,7 @@ def _label_runs(text: str, lines: Sequence[_Line], covered: set[int]) -> list[Ru
     def ok(p: int) -> bool:  # a labelled paragraph, not a closing one ("**Conclusion**:") that sums up the others
         first = lines[paragraphs[p][0]]
         label = _LABEL_LEAD.match(_unemphasized(first.text.strip()))
-        name = _ITEM_MARK.sub("", label.group(0).strip(" :\t"), count=1) if label else ""
+        name = _drop_marker(label.group(0).strip(" :\t")) if label else ""
         closing = _CLOSING_LABEL.match(name) is not None
         return _is_labelled(first, paragraphs[p][1] - paragraphs[p][0]) and not closing
 
@@ -720,6 +733,56 @@ def _label_runs(text: str, lines: Sequence[_Line], covered: set[int]) -> list[Ru
         spans = [(lines[a].content_start, _last_text(lines, a, b)) for a, b in (paragraphs[p] for p in ps)]
         if (run := head_run("labels", text, spans)) is not None:
             runs.append(run)
+    return runs
+
+
+def _line_label(line: _Line) -> str | None:
+    """The label of a line that opens with a bold label and goes on after it ("**Plot:** A narrative ...",
+    "**1. Zoo** - Home to ..."), else None. The bold needs a colon or a dash after it: a bold word at a
+    sentence's start is emphasis. Plain "Label: text" lines are too often sentences or echoed instructions
+    ("One short opening sentence: ...") to count. Labels with no word ("**1.**"), intros to code or answers
+    and roles ("**User:**") are none."""
+    if line.fence or _list_marker(line) is not None or _is_break(line):
+        return None
+    m = _BOLD_LABEL.match(line.text)
+    if m is None or not (m.group(0).rstrip("*_ \t").endswith(":") or _DASH_AFTER.match(line.text, m.end())):
+        return None
+    label = _drop_marker(m.group(2).strip(" :"))  # "**1. Plot:**" names "Plot"
+    ok = (line.text[m.end() :].strip() and re.search(r"[A-Za-z]{2}", label) and _good_label(label)
+          and not _ROLE_LABEL.match(label) and not _CLOSING_LABEL.match(label))
+    return label if ok else None
+
+
+def _line_label_runs(text: str, lines: Sequence[_Line], covered: set[int]) -> list[Run]:
+    """Runs of adjacent one-line labelled items with no blank line between them:
+    "Key ideas include:\\n**Plot:** ...\\n**Setting:** ...". Each item is its line; a line without a label
+    ends the run (it is the answer's closing line, not the last item's).
+
+    Serial: a label used twice in the answer (a dialogue "Alice: ... Bob: ... Alice: ...", or repeated pairs
+    "Myth: ... Fact: ..." whose second line answers the first), an item ending with ':' (what it introduces
+    follows below it), and a run where an item names an earlier item's label ("Length: 6 / Width: 4 /
+    Perimeter: 2 * (length + width)")."""
+    found = [None if k in covered else _line_label(line) for k, line in enumerate(lines)]
+    uses: dict[str, int] = {}
+    for label in found:
+        if label is not None:
+            uses[label.lower()] = uses.get(label.lower(), 0) + 1
+    runs: list[Run] = []
+    k = 0
+    while k < len(lines):
+        j = k
+        while j < len(lines) and found[j] is not None:
+            j += 1
+        labels = [label.lower() for label in found[k:j] if label is not None]
+        bodies = [lines[i].text.rstrip().lower() for i in range(k, j)]
+        named = any(re.search(rf"\b{re.escape(labels[a])}\b", bodies[b].partition(labels[b])[2])
+                    for b in range(len(labels)) for a in range(b))
+        if (len(labels) >= 2 and all(uses[n] == 1 for n in labels) and not named
+                and not any(body.endswith(":") for body in bodies)):
+            spans = [(lines[i].content_start, _last_text(lines, i, i + 1)) for i in range(k, j)]
+            if (run := head_run("labels", text, spans)) is not None:
+                runs.append(run)
+        k = j + 1
     return runs
 
 
@@ -773,7 +836,7 @@ def find_runs(answer: str) -> list[Run]:
     lines = _lines(answer)
     lists, covered = _list_runs(answer, lines)
     runs = [*lists, *_section_runs(answer, lines, covered, 0, len(lines)), *_label_runs(answer, lines, covered),
-            *_prose_runs(answer, lines, covered)]
+            *_line_label_runs(answer, lines, covered), *_prose_runs(answer, lines, covered)]
     return sorted(runs, key=lambda r: (r.start, -r.size))
 
 
