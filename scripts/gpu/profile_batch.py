@@ -1,5 +1,7 @@
 """Where a batched step's time goes: N greedy requests in one BatchEngine (as `aspd serve` runs them), stepped in
-the main thread under cProfile, after a warm-up round. Prints ms per step and the top functions.
+the main thread, after a warm-up round: ms per step unprofiled; then the forward alone (synchronised before and
+after, so the rest of the step, sampling and bookkeeping, is timed apart) with rows and span per step; then
+cProfile's top functions.
 Usage: python scripts/gpu/profile_batch.py MODEL [--device cuda] [--requests 32] [--tokens 128]"""
 import argparse
 import cProfile
@@ -11,6 +13,7 @@ import torch
 from aspd.engine import Limits
 from aspd.engine.batch import BatchEngine, BatchRequest
 from aspd.engine.core import HybridEngine
+from aspd.engine.kv import StaticKV
 from aspd.loading import model_folder
 
 PROMPTS = ["Give three tips for staying healthy.", "What are the pros and cons of remote work?",
@@ -47,6 +50,25 @@ def main() -> None:
     steps, toks, dt = run()
     print(f"unprofiled: {a.requests} requests, {steps} steps, {toks} tokens, {dt:.2f} s, "
           f"{1000 * dt / steps:.2f} ms/step, {toks / dt:.0f} tok/s")
+    sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
+    run_forward, timed = StaticKV.run, []
+
+    def forward(self: StaticKV, parts):  # type: ignore[no-untyped-def]
+        sync()
+        t = time.perf_counter()
+        out = run_forward(self, parts)
+        sync()
+        timed.append((time.perf_counter() - t, sum(len(p.ids) for p in parts), self.span))
+        return out
+
+    StaticKV.run = forward  # type: ignore[method-assign]
+    steps, toks, dt = run()
+    StaticKV.run = run_forward  # type: ignore[method-assign]
+    fwd = sum(t for t, _, _ in timed)
+    print(f"forward synchronised: {1000 * fwd / steps:.2f} ms/step of {1000 * dt / steps:.2f}; the rest "
+          f"{1000 * (dt - fwd) / steps:.2f} ms/step ({1000 * (dt - fwd) / steps / a.requests:.3f} per request); "
+          f"rows per forward median {sorted(r for _, r, _ in timed)[len(timed) // 2]}, "
+          f"spans {sorted({s for _, _, s in timed})}")
     prof = cProfile.Profile()
     prof.enable()
     steps, toks, dt = run()
