@@ -26,6 +26,12 @@
 #          once a GGUF's sha256 is checked) stage_compile.sh for SmolLM2 (issue 19's last figure); the load test on
 #          the cache read by spans (issue 20). Beside it, answers2.sh (both GPUs, once the 1.5B is received):
 #          the teacher's answers to the prompts still unanswered and its replies to the open span requests.
+# retrain + flagship2: (two GPUs; receive the three bases, 0.5B first; carry .xfer/data with teacher/ = data/teacher
+#          as of the seventh lease, 18,664 samples, 35% parallel) issue 18's pairs on the new data.
+#   retrain (GPU 0): convert the bases, build the training set, train the 0.5B pair, bench it on Vicuna-80 (NLL
+#          under the 1.5B); then the SmolLM2 pair likewise if the lease lasts.
+#   flagship2 (GPU 1): once retrain has converted, the 1.5B pair (EPOCHS15, default 1: the set is twice the last
+#          one) and its Vicuna-80 bench.
 # SERIAL_SHARE / MIN_LAYOUT choose the training set (stage_models.sh setup); defaults 0.2 and 1.5.
 set -uo pipefail
 w=${W:-/root/work}
@@ -92,5 +98,19 @@ case "$1" in
     until [ -f /root/models/qwen2.5-coder-0.5b.ok ]; do sleep 5; done
     bases qwen2.5-coder-0.5b
     ASPD_COMPILE=0 OUT=$OUT/load run bash $g/stage_load.sh ;;
-  *) echo "usage: $0 flagship|engine|rebench|measure|next|serve" >&2; exit 2 ;;
+  retrain)
+    run bash $g/stage_models.sh setup qwen2.5-coder-0.5b qwen2.5-coder-1.5b smollm2-135m
+    touch "$w/converted"
+    run bash $g/stage_models.sh train qwen2.5-coder-0.5b 8 "${EPOCHS05:-2}" 2e-4
+    OUT=$OUT/train run bash $g/stage_models.sh wait 900 qwen2.5-coder-0.5b
+    bench qwen2.5-coder-0.5b vicuna_bench.jsonl vicuna80_qwen2.5-coder-0.5b 600
+    run bash $g/stage_models.sh train smollm2-135m 16 2 5e-4
+    OUT=$OUT/train run bash $g/stage_models.sh wait 600 smollm2-135m
+    bench smollm2-135m vicuna_bench.jsonl vicuna80_smollm2-135m 480 ;;
+  flagship2)
+    until [ -f "$w/converted" ]; do sleep 5; done
+    run bash $g/stage_models.sh train qwen2.5-coder-1.5b 8 "${EPOCHS15:-1}" 2e-4
+    OUT=$OUT/train run bash $g/stage_models.sh wait 1200 qwen2.5-coder-1.5b
+    bench qwen2.5-coder-1.5b vicuna_bench.jsonl vicuna80_qwen2.5-coder-1.5b 720 ;;
+  *) echo "usage: $0 flagship|engine|rebench|measure|next|serve|retrain|flagship2" >&2; exit 2 ;;
 esac
