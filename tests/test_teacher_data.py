@@ -31,4 +31,4 @@ def test_every_shipped_sample_flattens_to_its_answer_with_correct_markers() -> N
         for g in doc.groups:
             assert marker_problems(g) == [], (s["id"], marker_problems(g))
         parallel += s["parallel"]
-    assert parallel / len(samples) > 0.25  # 31% measured (docs/results/data.md)
+    assert parallel / len(samples) > 0.3  # 35% measured (docs/results/data.md)

@@ -66,7 +66,8 @@ def answers_section() -> str:
     body = []
     for what, key in (("teacher writes questions", "synth"), ("teacher answers", "answers"), ("span replies", "spans")):
         for r in runs.get(key, []):
-            body.append([f"{what} (lease {r['lease']})", r["engine"], r["answered"], r.get("kept", "-"),
+            gpu = f", GPU {r['gpu']}" if "gpu" in r else ""  # lease 7 ran one call per GPU at once
+            body.append([f"{what} (lease {r['lease']}{gpu})", r["engine"], r["answered"], r.get("kept", "-"),
                          r.get("tokens", "-"), r["seconds"], r.get("tokens_per_second") or "-"])
     drops = collections.Counter()
     for r in [*runs["answers"], runs.get("refilter", {"dropped": {}})]:
