@@ -32,3 +32,24 @@ def test_every_shipped_sample_flattens_to_its_answer_with_correct_markers() -> N
             assert marker_problems(g) == [], (s["id"], marker_problems(g))
         parallel += s["parallel"]
     assert parallel / len(samples) > 0.3  # 35% measured (docs/results/data.md)
+
+
+def test_shipped_span_replies_reproduce_the_shipped_samples(tmp_path: Path) -> None:
+    """`aspd transform` with the rules and the shipped span replies gives back the shipped markup of every answer
+    that has a reply (the committed data is regenerated from committed files, not only from GPU outputs)."""
+    from aspd.cli import main
+
+    replies = _rows("span_replies_qwen2.5-coder-1.5b.jsonl.gz")
+    ids = {r["id"] for r in replies}
+    answers = [r for r in _rows("answers_qwen2.5-coder-1.5b.jsonl.gz") if r["id"] in ids]
+    shipped = {r["id"]: r for r in _rows("transform.jsonl.gz") if r["id"] in ids}
+    assert len(answers) == len(ids) > 1_000
+    for name, rows in (("answers.jsonl", answers), ("replies.jsonl", replies)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "t.jsonl"
+    assert main(["transform", "--input", str(tmp_path / "answers.jsonl"), "--output", str(out), "--rewriter", "spans",
+                 "--span-replies", str(tmp_path / "replies.jsonl"), "--judge", "none", "--no-progress"]) == 0
+    got = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(got) == len(shipped)
+    assert all(g["markup"] == shipped[g["id"]]["markup"] for g in got)
+    assert sum(g["parallel"] for g in got) > 200  # span replies and rules together
