@@ -7,6 +7,8 @@ comparisons on the real models with the graphs themselves.
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from aspd.engine import HybridEngine, Limits, SamplingParams
 from aspd.engine.kv import BUCKETS, StaticKV
@@ -188,3 +190,14 @@ def test_graph_replay_path_gives_the_eager_answers(mode, span_min, monkeypatch):
         assert kv.spans_seen == {"all"}
     else:  # the prompt needs 64 slots already
         assert 64 in kv.spans_seen
+
+
+@given(st.lists(st.integers(0, 9), max_size=8), st.lists(st.integers(0, 9), max_size=8), st.integers(0, 20))
+def test_branch_history_reads_as_the_joined_list(main: list[int], own: list[int], start: int) -> None:
+    """The sampler reads a branch's history in place (main stream, then the branch): the same tokens, lengths and
+    tails as the joined list it replaces."""
+    from aspd.engine.core import _BranchHistory
+
+    h, joined = _BranchHistory(main, own), main + own
+    assert len(h) == len(joined) and list(h) == joined and h[start:] == joined[start:]
+    assert [h[i] for i in range(-len(joined), len(joined))] == joined + joined

@@ -7,11 +7,12 @@ matters and nothing is ever re-prefilled.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import torch
 
@@ -96,6 +97,33 @@ class _Branch:
     start: int
     pending: int | None = None
     done: bool = False
+
+
+class _BranchHistory(Sequence[int]):
+    """A branch's token history for the sampler, the main stream's then its own, read in place: copying the whole
+    answer so far for every branch at every step was the largest per-branch cost of a lockstep step."""
+
+    __slots__ = ("main", "own")
+
+    def __init__(self, main: list[int], own: list[int]):
+        self.main, self.own = main, own
+
+    def __len__(self) -> int:
+        return len(self.main) + len(self.own)
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.chain(self.main, self.own)
+
+    @overload
+    def __getitem__(self, i: int) -> int: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[int]: ...
+    def __getitem__(self, i: int | slice) -> int | list[int]:
+        n = len(self.main)
+        if isinstance(i, slice) and i.step is None and i.stop is None and 0 <= (i.start or 0):
+            start = i.start or 0  # the sampler's case: the tokens since its last draw
+            return self.own[start - n :] if start >= n else self.main[start:] + self.own
+        return [*self.main, *self.own][i]
 
 
 class HybridEngine:
@@ -476,15 +504,14 @@ class _Run(Stepped):
         self.sample_branches(g, branches, list(range(len(branches))), logits)
         self.stats.branches.append(len(branches))
         while True:
+            # Per-branch work runs at every step of a group, so it is kept to comprehensions (engine_overhead.py).
             live = [b for b, x in enumerate(branches) if not x.done]
-            ids, pos, grp, br = [], [], [], []
-            for b in live:
-                x = branches[b]
-                ids.append(x.pending)
-                pos.append(x.start + len(x.ids))
-                grp.append(g)
-                br.append(b)
-                x.ids.append(x.pending)
+            xs = [branches[b] for b in live]
+            ids = [x.pending for x in xs]
+            pos = [x.start + len(x.ids) for x in xs]
+            grp, br = [g] * len(live), list(live)
+            for x in xs:
+                x.ids.append(x.pending)  # type: ignore[arg-type]
                 x.done = x.pending == c.branch_end
             closing = all(x.done for x in branches)
             fuse = closing and e.pos_mode is not PosMode.SAME_RE
@@ -517,27 +544,29 @@ class _Run(Stepped):
 
     def sample_branches(self, g: int, branches: list[_Branch], which: list[int], logits: torch.Tensor) -> None:
         e, c, lim = self.e, self.e.ctrl, self.lim
-        bans, hists = [], []
+        xs = [branches[b] for b in which]
         # Every live branch still owes one end token, so only budget_left - len(which) of them may go on.
         go_on = lim.max_new_tokens - self.stats.tokens - len(which)
-        for k, b in enumerate(which):
-            x = branches[b]
-            capped = len(x.ids) + 1 >= lim.max_branch_tokens  # its cap forces the branch to end now
-            if capped or k >= go_on:
-                bans.append(e._only_branch_end)
-                self.cut |= not capped  # ended by the budget: the answer was cut, whatever follows
-            else:
-                bans.append(e._ban_branch)
-            hists.append(self.main_hist + x.ids)
+        cap = lim.max_branch_tokens
+        if go_on >= len(xs) and all(len(x.ids) + 1 < cap for x in xs):  # most steps: every branch may go on
+            bans = [e._ban_branch] * len(xs)
+        else:
+            bans = []
+            for k, x in enumerate(xs):
+                capped = len(x.ids) + 1 >= cap  # its cap forces the branch to end now
+                bans.append(e._only_branch_end if capped or k >= go_on else e._ban_branch)
+                self.cut |= k >= go_on and not capped  # ended by the budget: the answer was cut
+        hists = [_BranchHistory(self.main_hist, x.ids) for x in xs]
         toks = self.draw(logits, [(g, b) for b in which], bans, hists)
-        for b, tok in zip(which, toks, strict=True):
+        self.stats.tokens += len(toks)
+        self.stats.parallel_tokens += len(toks)
+        for b, x, tok in zip(which, xs, toks, strict=True):
             if tok in e.eot:  # a branch cannot end the answer; it just ends itself
                 tok = c.branch_end
-            branches[b].pending = tok
-            self.stats.tokens += 1
-            self.stats.parallel_tokens += 1
+            x.pending = tok
             self.out.branch(b, tok)
-            self.emit_token((g, b), tok)
+            if self.on_event is not None:
+                self.emit_token((g, b), tok)
 
     def rearrange(self, g: int, branches: list[_Branch], starts: list[int]) -> None:
         """same-re: lay the closed group end to end by re-rotating its cached keys to the new positions."""
