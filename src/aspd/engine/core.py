@@ -100,8 +100,8 @@ class _Branch:
 
 
 class _BranchHistory(Sequence[int]):
-    """A branch's token history for the sampler, the main stream's then its own, read in place: copying the whole
-    answer so far for every branch at every step was the largest per-branch cost of a lockstep step."""
+    """A branch's token history for the sampler, the main stream's then its own, read in place instead of a copy of
+    the whole answer so far per branch at every step of a group."""
 
     __slots__ = ("main", "own")
 
@@ -565,8 +565,7 @@ class _Run(Stepped):
                 tok = c.branch_end
             x.pending = tok
             self.out.branch(b, tok)
-            if self.on_event is not None:
-                self.emit_token((g, b), tok)
+            self.emit_token((g, b), tok)
 
     def rearrange(self, g: int, branches: list[_Branch], starts: list[int]) -> None:
         """same-re: lay the closed group end to end by re-rotating its cached keys to the new positions."""
