@@ -29,7 +29,16 @@ def main() -> None:
     p.add_argument("--max-slots", type=int, default=131072)
     p.add_argument("--top", type=int, default=30)
     a = p.parse_args()
-    eng = HybridEngine.from_pretrained(str(model_folder(a.model)), device=a.device)
+    if a.model == "tiny":  # a random 2-layer Llama: the engine's own work with next to no forward
+        from aspd.testing import tiny_model, tiny_tokenizer
+        from aspd.tokens import add_control_tokens
+
+        tok = tiny_tokenizer()
+        model = tiny_model("llama", len(tok)).to(a.device)
+        add_control_tokens(tok, model)
+        eng = HybridEngine(model, tok, engine="fast")
+    else:
+        eng = HybridEngine.from_pretrained(str(model_folder(a.model)), device=a.device)
     batch = BatchEngine(eng, max_batch=128, max_slots=a.max_slots)
     ids = [eng.prompt_ids(q) for q in PROMPTS]
 
