@@ -13,9 +13,10 @@
 # .xfer/data (carried once, with setup) holds train_prompts.jsonl (the shared prompts), synth_requests.jsonl.gz and
 # chatterbot_prompts.jsonl.gz (data/prompts/) and bench/ (vicuna, mt_bench, rag_bench); setup copies it to
 # /root/work/in; .xfer/data/prev/{synth_answered,answers,answers_dropped,prompts}.jsonl.gz, if carried, are the last
-# lease's state for --resume (prompts: its merged prompt set, so that `answers` needs no `synth` first). LIMIT=N answers only N requests per step (a dry run). ENGINE (default pad: left-padded batches,
-# twice the rate of aspd's own batching on these short replies to long requests, measured) and BATCH (default 1,024
-# rows) choose how distill batches.
+# lease's state for --resume (prompts: its merged prompt set, so that `answers` needs no `synth` first). LIMIT=N
+# answers only N requests per step (a dry run). ENGINE (default pad: left-padded batches, twice the rate of aspd's
+# own batching on these short replies to long requests, measured) and BATCH (default 1,024 rows) choose how distill
+# batches.
 set -euo pipefail
 step=$1 budget=${2:-540}
 teacher=${TEACHER:-qwen2.5-coder-1.5b} judge=${JUDGE:-smollm2-135m}
@@ -56,17 +57,23 @@ synth)
   gzip -c $w/synth_answered.jsonl > "$OUT/synth_answered.jsonl.gz"
   gzip -c $w/prompts.jsonl > "$OUT/prompts.jsonl.gz" ;;
 answers)
-  touch $w/answers.jsonl
-  aspd distill --resume --model "$teacher" --prompts $w/prompts.jsonl --output $w/answers.jsonl --parallel-style "${lim[@]}" "${eng[@]}" \
-    --max-new-tokens 640 --temperature 0.7 --top-k 20 --top-p 0.8 --repetition-penalty 1.05 --seed 0 --time-budget "$budget" 2>&1 | quiet 3
-  wc -l $w/prompts.jsonl $w/answers.jsonl $w/answers.jsonl.dropped.jsonl
-  gzip -c $w/answers.jsonl > "$OUT/answers.jsonl.gz"
-  gzip -c $w/answers.jsonl.dropped.jsonl > "$OUT/answers_dropped.jsonl.gz"
-  cp $w/answers.jsonl.meta.json "$OUT/answers.meta.json" ;;
+  # PROMPTS, ANSWERS and SEED: another prompt file, output and seed (answers2.sh gives each GPU a half).
+  prompts=${PROMPTS:-$w/prompts.jsonl} ans=${ANSWERS:-$w/answers.jsonl}
+  touch "$ans"
+  aspd distill --resume --model "$teacher" --prompts "$prompts" --output "$ans" --parallel-style "${lim[@]}" "${eng[@]}" \
+    --max-new-tokens 640 --temperature 0.7 --top-k 20 --top-p 0.8 --repetition-penalty 1.05 --seed "${SEED:-0}" \
+    --time-budget "$budget" 2>&1 | quiet 3
+  wc -l "$prompts" "$ans" "$ans.dropped.jsonl"
+  gzip -c "$ans" > "$OUT/answers.jsonl.gz"
+  gzip -c "$ans.dropped.jsonl" > "$OUT/answers_dropped.jsonl.gz"
+  cp "$ans.meta.json" "$OUT/answers.meta.json" ;;
 spans)
-  # Only answers the rules find no group in go to the teacher; the others keep their rule candidates. Answers of
-  # an earlier lease were asked about then (its open requests travel as prev/span_req.jsonl.gz: `chains.sh data`).
-  [ -s $w/prose.jsonl ] || python3 -c "
+  # SPAN_REQ, SPAN_REP: an existing request file to answer (answers2.sh: the last lease's open requests) and the
+  # replies' file. Without one, requests are made here: only for answers the rules find no group in (the others
+  # keep their rule candidates), and not for the last lease's answers, which were asked about then.
+  req=${SPAN_REQ:-$w/span_req.jsonl} rep=${SPAN_REP:-$w/span_rep.jsonl}
+  if [ ! -s "$req" ]; then
+    python3 -c "
 import gzip, json, os, sys
 from aspd.pipeline.rules import RuleRewriter
 rules = RuleRewriter()
@@ -78,12 +85,13 @@ with open(sys.argv[1]) as f, open(sys.argv[2], 'w') as out:
         obj = json.loads(line)
         if obj['id'] not in old and not any(c.has_parallel for c in rules.candidates(obj['answer'], 4)):
             out.write(line)" $w/answers.jsonl $w/prose.jsonl $x/prev/answers.jsonl.gz
-  [ -s $w/span_req.jsonl ] || aspd transform --input $w/prose.jsonl --span-requests $w/span_req.jsonl | tail -2
-  touch $w/span_rep.jsonl
-  aspd distill --resume --model "$teacher" --prompts $w/span_req.jsonl --output $w/span_rep.jsonl --keep-bad "${lim[@]}" "${eng[@]}" \
+    aspd transform --input $w/prose.jsonl --span-requests "$req" | tail -2
+  fi
+  touch "$rep"
+  aspd distill --resume --model "$teacher" --prompts "$req" --output "$rep" --keep-bad "${lim[@]}" "${eng[@]}" \
     --max-new-tokens 400 --temperature 0 --time-budget "$budget" 2>&1 | quiet 3
-  wc -l $w/span_req.jsonl $w/span_rep.jsonl
-  gzip -c $w/span_rep.jsonl > "$OUT/span_replies.jsonl.gz" ;;
+  wc -l "$req" "$rep"
+  gzip -c "$rep" > "$OUT/span_replies.jsonl.gz" ;;
 transform)
   aspd transform --resume --no-progress --input $w/answers.jsonl --output $w/transform.jsonl \
     --rewriter spans --span-replies $w/span_rep.jsonl --judge likelihood --target-model "$judge" --device cuda \
