@@ -6,7 +6,9 @@ Usage: python scripts/gpu/profile_batch.py MODEL [--device cuda] [--requests 32]
 import argparse
 import cProfile
 import pstats
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -30,13 +32,10 @@ def main() -> None:
     p.add_argument("--top", type=int, default=30)
     a = p.parse_args()
     if a.model == "tiny":  # a random 2-layer Llama: the engine's own work with next to no forward
-        from aspd.testing import tiny_model, tiny_tokenizer
-        from aspd.tokens import add_control_tokens
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+        from engine_speed import load
 
-        tok = tiny_tokenizer()
-        model = tiny_model("llama", len(tok)).to(a.device)
-        add_control_tokens(tok, model)
-        eng = HybridEngine(model, tok, engine="fast")
+        eng = HybridEngine(*load("tiny", a.device, "float32"), engine="fast")
     else:
         eng = HybridEngine.from_pretrained(str(model_folder(a.model)), device=a.device)
     batch = BatchEngine(eng, max_batch=128, max_slots=a.max_slots)
