@@ -19,9 +19,6 @@
 #          test. ~30 min in all: it fills a lease (the first bench compiles every bucket and span cold, >5 min).
 #          Carry the four adapters (src/aspd/models/artifacts/*-{smollm2-135m,qwen2.5-coder-0.5b}) in a call of
 #          their own.
-# next:    (one GPU; receive smollm2-135m and qwen2.5-coder-1.5b, carry the two 1.5B adapters in a call of their own)
-#          stage_compile.sh for SmolLM2 (issue 19's last figure: its 16-branch step since the host-side changes);
-#          then the shipped 1.5B pair on the new engine: Vicuna-80 (NLL under itself), RAG-50, MT-Bench-80.
 # serve:   (GPU 0 of two; receive smollm2-135m, then qwen2.5-coder-0.5b and -1.5b; `touch /root/models/NAME.ok`
 #          once a GGUF's sha256 is checked) stage_compile.sh for SmolLM2 (issue 19's last figure); the load test on
 #          the cache read by spans (issue 20). Beside it, answers2.sh (both GPUs, once the 1.5B is received):
@@ -86,12 +83,6 @@ case "$1" in
     ENGINES=fast-compiled SPEED_S=240 MODELS="qwen2.5-coder-0.5b smollm2-135m" \
       OUT=$OUT/compile run bash $g/stage_compile.sh 600
     ASPD_COMPILE=0 OUT=$OUT/load run bash $g/stage_load.sh ;;
-  next)
-    bases smollm2-135m qwen2.5-coder-1.5b
-    ENGINES=fast-compiled SPEED_S=300 MODELS=smollm2-135m OUT=$OUT/compile run bash $g/stage_compile.sh 420
-    bench qwen2.5-coder-1.5b vicuna_bench.jsonl vicuna80_qwen2.5-coder-1.5b 720
-    NLL_MODEL= bench qwen2.5-coder-1.5b rag_bench.jsonl rag50_qwen2.5-coder-1.5b 360 50
-    NLL_MODEL= bench qwen2.5-coder-1.5b mt_bench.jsonl mt80_qwen2.5-coder-1.5b 600 ;;
   serve)
     bases smollm2-135m
     ENGINES=fast-compiled SPEED_S=300 MODELS=smollm2-135m OUT=$OUT/compile run bash $g/stage_compile.sh 420
@@ -112,5 +103,5 @@ case "$1" in
     run bash $g/stage_models.sh train qwen2.5-coder-1.5b 8 "${EPOCHS15:-1}" 2e-4
     OUT=$OUT/train run bash $g/stage_models.sh wait 1200 qwen2.5-coder-1.5b
     bench qwen2.5-coder-1.5b vicuna_bench.jsonl vicuna80_qwen2.5-coder-1.5b 720 ;;
-  *) echo "usage: $0 flagship|engine|rebench|measure|next|serve|retrain|flagship2" >&2; exit 2 ;;
+  *) echo "usage: $0 flagship|engine|rebench|measure|serve|retrain|flagship2" >&2; exit 2 ;;
 esac
