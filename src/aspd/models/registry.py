@@ -118,13 +118,13 @@ register(
 # Fine-tunes made by the recipe in scripts/ (docs/results/models.md): ASPD models, their Seq baselines and a PASTA
 # model, trained with the same LoRA settings on the same self-distilled, transformed samples.
 for _base, _what, _sha in (
-    ("smollm2-135m", "aspd", "6174367bcbc1598139f3adca07ab6a8cef33415ab11b1d1488d76ad16a3525d6"),
-    ("smollm2-135m", "seq", "5f9261d8d9dd630e92d41637209907bbccfd66c7c9f4e1527400bc257ad2f96b"),
+    ("smollm2-135m", "aspd", "36355bf4d1cafd40ffaf4f343e43fb619d6c1d45d78d6c7559896bc468086058"),
+    ("smollm2-135m", "seq", "7778c57261738638314b269546b68dd03fafb52a85be2cb1eb4f178702c76e62"),
     ("qwen2.5-coder-0.5b", "aspd", "83f68dedab8f00a13b0646d8646f7a1dfb7c0a44d1ba723ae11a178fb007ad5b"),
     ("qwen2.5-coder-0.5b", "seq", "21f5b0eda82abb93649ecfd28a97e427816b006ea14422b4bb258edb0fc3096e"),
     ("smollm2-135m", "pasta", "ac8ceed7b767b6fc75ce48d5d332ae0e91e5c526a83625213d80969b576d1859"),
-    ("qwen2.5-coder-1.5b", "aspd", "c7c23785949105d00b7dfb8a7168df824388528ee62608b6e86cd419e2e82a2a"),
-    ("qwen2.5-coder-1.5b", "seq", "1c47e9470d01942e00cb1ccb77b5a4eab559002b9b0732f7e1db381a09008839"),
+    ("qwen2.5-coder-1.5b", "aspd", "9f6aadbada5a27f8db121adb6736931453bc3d6ff2b21dd39b1a8398f0f5d823"),
+    ("qwen2.5-coder-1.5b", "seq", "99b334ee886446dd83046deab38ae7785c8fb24a438750bbb3bec7939673cc2e"),
 ):
     register(
         ModelSpec(
