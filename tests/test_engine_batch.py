@@ -103,6 +103,30 @@ def test_batched_seeded_sampling_equals_alone():
         same(ref, g)
 
 
+def test_a_step_reads_every_requests_tokens_with_one_host_sync(monkeypatch):
+    """The sampled tokens of all running requests are read back together: one `.tolist()` per step, not one each."""
+    eng = engine("qwen2", bucketed=False)
+    batch = BatchEngine(eng)
+    reqs = [BatchRequest(**s) for s in mixed(eng, SamplingParams(temperature=0.9, seed=3))]
+    for r in reqs:
+        batch.submit(r)
+    reads, tolist = [0], torch.Tensor.tolist
+
+    def counted(t: torch.Tensor):
+        reads[0] += 1
+        return tolist(t)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counted)
+    per_step = []
+    while batch.busy:
+        wide = len(batch.running) + len(batch.waiting)
+        reads[0] = 0
+        batch.step()
+        per_step.append((wide, reads[0]))
+    assert all(r.done and r.error is None for r in reqs)
+    assert max(n for wide, n in per_step if wide == 4) == 1, per_step
+
+
 def test_same_re_and_predict_positions_are_per_request():
     for pos_mode, kw in (("same-re", {}), ("predict", {"predicted_length": 3, "predict_scale": 2})):
         eng = engine("llama", bucketed=False, mask_mode="shared", pos_mode=pos_mode, **kw)

@@ -29,13 +29,13 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from aspd.engine.core import STEPPED, Feed, HybridEngine
+from aspd.engine.core import STEPPED, Draw, Feed, HybridEngine, Steps
 from aspd.engine.kv import DynamicKV, Part, Slots
 from aspd.engine.sampling import SamplingParams
 from aspd.engine.types import Event, Generation, Limits
@@ -82,8 +82,8 @@ class BatchRequest:
     done: bool = False
     reserved: int = 0
     _kv: DynamicKV | Slots | None = None
-    _steps: Generator[Feed, torch.Tensor, Generation] | None = None
-    _feed: Feed | None = None
+    _steps: Steps | None = None
+    _feed: Feed | Draw | None = None
 
     def cancel(self) -> None:
         """Stop at the next step boundary (or never start, if still waiting)."""
@@ -213,12 +213,23 @@ class BatchEngine:
         self.steps += 1
         self.forward_seconds += time.perf_counter() - t0
         for r, logits in zip(batch, outs, strict=True):
-            try:
-                r._feed = r._steps.send(logits)  # type: ignore[union-attr]
-            except StopIteration as end:
-                self._finish(r, result=end.value)
-            except Exception as err:  # noqa: BLE001 - e.g. its client went away (raised from on_event)
-                self._finish(r, error=err)
+            self._send(r, logits)
+        # Every request's sampled tokens are read with one host sync, not one per request.
+        while draws := [r for r in batch if isinstance(r._feed, Draw)]:
+            flat = torch.cat([r._feed.toks.reshape(-1) for r in draws]).tolist()  # type: ignore[union-attr]
+            for r in draws:
+                n = r._feed.toks.numel()  # type: ignore[union-attr]
+                toks, flat = flat[:n], flat[n:]
+                self._send(r, toks)
+
+    def _send(self, r: BatchRequest, value: torch.Tensor | list[int]) -> None:
+        """Give a request its logits or its drawn tokens; keep what it asks next, or end it."""
+        try:
+            r._feed = r._steps.send(value)  # type: ignore[union-attr]
+        except StopIteration as end:
+            self._finish(r, result=end.value)
+        except Exception as err:  # noqa: BLE001 - e.g. its client went away (raised from on_event)
+            self._finish(r, error=err)
 
     def _finish(self, r: BatchRequest, result: Generation | None = None, error: BaseException | None = None) -> None:
         if r._steps is not None and result is None:

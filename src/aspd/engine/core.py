@@ -30,8 +30,8 @@ from aspd.tokens import DEFAULT_TOKENS, ControlIds, add_control_tokens, branch_p
 
 MODES = ("hybrid", "serial", "pasta", "sot")
 STEPPED = MODES  # the modes whose decoder can be stepped, so batched with other requests: all of them
-__all__ = ["MAIN_STREAM", "MODES", "STEPPED", "Event", "Feed", "Generation", "HybridEngine", "Limits", "Stats",
-           "Stepped"]
+__all__ = ["MAIN_STREAM", "MODES", "STEPPED", "Draw", "Event", "Feed", "Generation", "HybridEngine", "Limits",
+           "Stats", "Stepped"]
 
 
 @dataclass
@@ -46,6 +46,17 @@ class Feed:
     rows: torch.Tensor | None = None
 
 
+@dataclass
+class Draw:
+    """What a stepped decoder asks after a forward: the tokens it sampled, still on the device. The driver reads
+    them and sends the list back; a batch reads every request's draws with one host sync instead of one each."""
+
+    toks: torch.Tensor
+
+
+Steps = Generator[Feed | Draw, Any, Generation]  # yields Feed (gets logits back) or Draw (gets list[int] back)
+
+
 class Stepped:
     """A decoder that can be stepped: `steps()` is a generator that yields the next `Feed` and takes its logits
     back, so a driver decides when (and beside which other requests) each forward runs; `execute()` runs it
@@ -58,7 +69,7 @@ class Stepped:
     slots: list[tuple[int, int, int, int]]  # with `record`: every fed token (id, position, group, branch)
     logits: list[torch.Tensor]  # with `record`: its logits
 
-    def steps(self) -> Generator[Feed, torch.Tensor, Generation]:
+    def steps(self) -> Steps:
         raise NotImplementedError
 
     def emit(self, ev: Event) -> None:
@@ -80,12 +91,15 @@ class Stepped:
         return run_alone(self.steps(), self.kv)
 
 
-def run_alone(steps: Generator[Feed, torch.Tensor, Generation], kv: DynamicKV | Slots) -> Generation:
+def run_alone(steps: Steps, kv: DynamicKV | Slots) -> Generation:
     """Drive a stepped decoder to its end, one forward of its own per feed."""
     feed = next(steps)
     while True:
         try:
-            feed = steps.send(kv.feed(feed.ids, feed.pos, feed.grp, feed.br, feed.rows))
+            if isinstance(feed, Draw):
+                feed = steps.send(feed.toks.tolist())
+            else:
+                feed = steps.send(kv.feed(feed.ids, feed.pos, feed.grp, feed.br, feed.rows))
         except StopIteration as done:
             return done.value
 
@@ -364,7 +378,7 @@ class _Run(Stepped):
         self.emit(Event("token", stream, tok, d.push(tok)))
 
     def draw(self, logits: torch.Tensor, streams: list[Stream], banned: list[torch.Tensor | None],
-             hist: list[list[int]]) -> list[int]:
+             hist: list[list[int]]) -> Generator[Draw, list[int], list[int]]:
         """Sample one token per stream; forced answer-prefix tokens take precedence on the main stream."""
         if streams == [MAIN_STREAM] and self.forced:
             return [self.forced.pop(0)]
@@ -374,11 +388,11 @@ class _Run(Stepped):
                 ban = banned[0][None].expand(len(banned), -1)  # type: ignore[index]
             else:
                 ban = torch.stack([b if b is not None else torch.zeros_like(self.e._ban_serial) for b in banned])
-        return self.sampler.draw(logits, streams, ban, hist)
+        return (yield Draw(self.sampler.draw(logits, streams, ban, hist)))
 
     # ---------------------------------------------------------------- main loop
 
-    def steps(self) -> Generator[Feed, torch.Tensor, Generation]:
+    def steps(self) -> Steps:
         e, lim, c = self.e, self.lim, self.e.ctrl
         t0 = time.perf_counter()
         n = len(self.prompt)
@@ -390,7 +404,7 @@ class _Run(Stepped):
             if self.hybrid and in_title is None and self.blocked(titles):
                 break  # the announced group no longer fits the budget or the context: the answer is cut here
             banned = self.serial_ban(titles, in_title) if self.hybrid else None
-            tok = self.draw(last, [MAIN_STREAM], [banned], [self.main_hist])[0]
+            tok = (yield from self.draw(last, [MAIN_STREAM], [banned], [self.main_hist]))[0]
             self.stats.tokens += 1
             self.out.main(tok)
             self.emit_token(MAIN_STREAM, tok)
@@ -479,7 +493,7 @@ class _Run(Stepped):
 
     # ---------------------------------------------------------------- parallel groups
 
-    def run_group(self, titles: list[str]) -> Generator[Feed, torch.Tensor, torch.Tensor]:
+    def run_group(self, titles: list[str]) -> Generator[Feed | Draw, Any, torch.Tensor]:
         """Feed <|para|> and every branch prefix in one forward, decode branches in lockstep, close the group."""
         e, c = self.e, self.e.ctrl
         tp = time.perf_counter()
@@ -501,7 +515,7 @@ class _Run(Stepped):
             br += [b] * len(p)
             ends.append(len(ids) - 1)
         logits = (yield from self.step(ids, pos, grp, br))[ends]
-        self.sample_branches(g, branches, list(range(len(branches))), logits)
+        yield from self.sample_branches(g, branches, list(range(len(branches))), logits)
         self.stats.branches.append(len(branches))
         while True:
             # Per-branch work runs at every step of a group, so it is kept to comprehensions (engine_overhead.py).
@@ -530,7 +544,7 @@ class _Run(Stepped):
                 still = [b for b in live if not branches[b].done]
                 if len(still) < len(live):  # most steps every branch goes on: no gather of the logits
                     logits = logits[[i for i, b in enumerate(live) if not branches[b].done]]
-                self.sample_branches(g, branches, still, logits)
+                yield from self.sample_branches(g, branches, still, logits)
                 continue
             if not fuse:
                 self.rearrange(g, branches, re_starts)
@@ -542,7 +556,8 @@ class _Run(Stepped):
         self.stats.parallel_seconds += time.perf_counter() - tp
         return logits[-1:]
 
-    def sample_branches(self, g: int, branches: list[_Branch], which: list[int], logits: torch.Tensor) -> None:
+    def sample_branches(self, g: int, branches: list[_Branch], which: list[int],
+                        logits: torch.Tensor) -> Generator[Draw, list[int], None]:
         e, c, lim = self.e, self.e.ctrl, self.lim
         xs = [branches[b] for b in which]
         # Every live branch still owes one end token, so only budget_left - len(which) of them may go on.
@@ -557,7 +572,7 @@ class _Run(Stepped):
                 bans.append(e._only_branch_end if capped or k >= go_on else e._ban_branch)
                 self.cut |= k >= go_on and not capped  # ended by the budget: the answer was cut
         hists = [_BranchHistory(self.main_hist, x.ids) for x in xs]
-        toks = self.draw(logits, [(g, b) for b in which], bans, hists)
+        toks = yield from self.draw(logits, [(g, b) for b in which], bans, hists)
         self.stats.tokens += len(toks)
         self.stats.parallel_tokens += len(toks)
         for b, x, tok in zip(which, xs, toks, strict=True):

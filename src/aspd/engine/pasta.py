@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from aspd.engine.core import Feed, Stepped
+from aspd.engine.core import Draw, Feed, Stepped, Steps
 from aspd.engine.kv import DynamicKV, Slots
 from aspd.engine.sampling import MAIN_STREAM, BatchSampler, SamplingParams, Stream, StreamSampler
 from aspd.engine.types import Event, Generation, Limits, Stats
@@ -145,7 +145,7 @@ class PastaRun(Stepped):
 
     # ------------------------------------------------------------------ main loop
 
-    def steps(self) -> Generator[Feed, torch.Tensor, Generation]:
+    def steps(self) -> Steps:
         e, lim, tg = self.e, self.lim, self.tags
         t0 = time.perf_counter()
         last = (yield from self.forward([(0, tok) for tok in self.prompt], prefill=True))[-1:]
@@ -155,7 +155,7 @@ class PastaRun(Stepped):
         while True:
             live = [s for s in samplers if not s.done]
             if live:
-                self.sample(live, last[[samplers.index(s) for s in live]])
+                yield from self.sample(live, last[[samplers.index(s) for s in live]])
             main = self.streams[0]
             if main.pending is not None and main.pending in e.eot:
                 main.ids.append(main.pending)
@@ -198,11 +198,11 @@ class PastaRun(Stepped):
         return Generation(Document((Serial(text),)) if text else Document(()), text, markup, self.stats, finish,
                           answer, self.slots, self.logits, markup=markup)
 
-    def sample(self, live: list[_S], logits: torch.Tensor) -> None:
+    def sample(self, live: list[_S], logits: torch.Tensor) -> Generator[Draw, list[int], None]:
         """One token per live stream, one batched draw; forced answer-prefix tokens replace the main stream's."""
         e, tg = self.e, self.tags
         bans = torch.stack([self.ban(s) for s in live])
-        toks = self.sampler.draw(logits, [s.key for s in live], bans, [s.hist for s in live])
+        toks = yield Draw(self.sampler.draw(logits, [s.key for s in live], bans, [s.hist for s in live]))
         for s, tok in zip(live, toks, strict=True):
             if s.sid == 0 and self.forced:
                 tok = self.forced.pop(0)

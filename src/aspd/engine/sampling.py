@@ -103,7 +103,7 @@ class StreamSampler:
         self.gens: dict[Stream, torch.Generator] = {}
 
     def draw(self, logits: torch.Tensor, streams: Sequence[Stream], banned: torch.Tensor | None,
-             hists: Sequence[Sequence[int]]) -> list[int]:
+             hists: Sequence[Sequence[int]]) -> torch.Tensor:
         gens = None
         if not self.sp.greedy:
             gens = [self.gens.setdefault(s, stream_generator(self.sp.seed, s, self.device)) for s in streams]
@@ -112,7 +112,7 @@ class StreamSampler:
             seen = torch.zeros(len(hists), self.vocab, dtype=torch.bool, device=self.device)
             for row, h in enumerate(hists):
                 seen[row, torch.tensor(list(h), dtype=torch.long, device=self.device)] = True
-        return sample(logits, self.sp, gens, seen, banned).tolist()
+        return sample(logits, self.sp, gens, seen, banned)
 
 
 class BatchSampler:
@@ -120,8 +120,8 @@ class BatchSampler:
 
     Each stream owns a row of a [streams, V] "seen" table that only the tokens new since its last draw update,
     so a step uploads a handful of ids instead of every history. A stream met for the first time starts from the
-    main stream's row: its history must extend the main stream's, as a branch's does. The single `.tolist()`
-    at the end is the one host sync the engine's control flow needs.
+    main stream's row: its history must extend the main stream's, as a branch's does. Reading the drawn tokens
+    (the driver's `.tolist()`) is the one host sync the engine's control flow needs.
     """
 
     def __init__(self, params: SamplingParams, vocab: int, device: torch.device):
@@ -164,7 +164,8 @@ class BatchSampler:
         self.rows[child] = (row, applied)
 
     def draw(self, logits: torch.Tensor, streams: Sequence[Stream], banned: torch.Tensor | None,
-             hists: Sequence[Sequence[int]]) -> list[int]:
+             hists: Sequence[Sequence[int]]) -> torch.Tensor:
+        """One token per stream, left on the device (the driver reads them: the step's host sync)."""
         seen = None
         if self.penalize:
             rows, new_r, new_c = [], [], []
@@ -180,4 +181,4 @@ class BatchSampler:
             upd = upd.to(self.device, non_blocking=True)
             self.seen[upd[0, : len(new_r)], upd[1, : len(new_r)]] = True
             seen = self.seen[upd[0, len(new_r) :]]
-        return sample(logits, self.sp, self.gen, seen, banned).tolist()
+        return sample(logits, self.sp, self.gen, seen, banned)

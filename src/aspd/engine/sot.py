@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from aspd.engine.core import Feed, Stepped
+from aspd.engine.core import Draw, Feed, Stepped, Steps
 from aspd.engine.kv import DynamicKV, Slots
 from aspd.engine.sampling import SamplingParams
 from aspd.engine.types import Event, Generation, Limits, Stats
@@ -272,14 +272,14 @@ class SotRun(Stepped):
 
     def stage(self, ids: list[int], mode: str, limits: Limits, answer_prefix: Sequence[int] = (),
               on_event: Callable[[Event], None] | None = None,
-              record: bool = False) -> Generator[Feed, torch.Tensor, Generation]:
+              record: bool = False) -> Steps:
         """One stage as a sub-decoder on this request's cache view, which it starts afresh."""
         self.kv.clear()
         run = self.e.decoder(ids, self.kv, mode=mode, sampling=self.sp, limits=limits,
                              answer_prefix=answer_prefix, on_event=on_event, record=record)
         return run.steps()
 
-    def steps(self) -> Generator[Feed, torch.Tensor, Generation]:
+    def steps(self) -> Steps:
         e, lim, prompt = self.e, self.lim, self.prompt
         tok = e.tokenizer
         t0 = time.perf_counter()
@@ -315,7 +315,7 @@ class SotRun(Stepped):
         raw = f"[skeleton]\n{skel_raw}\n[serial]\n{ans.raw}"
         return _result(e, skel, ans, ans.stats.tokens, ans.text, doc, raw, t0)
 
-    def expand(self, points: list[str], remaining: int) -> Generator[Feed, torch.Tensor, Generation | None]:
+    def expand(self, points: list[str], remaining: int) -> Generator[Feed | Draw, Any, Generation | None]:
         """Stage 2: one forced group of the points; None when the group cannot open (too little context)."""
         e, lim = self.e, self.lim
         c, tok = e.ctrl, e.tokenizer
@@ -338,8 +338,7 @@ class SotRun(Stepped):
         return exp if exp.stats.groups == 1 else None
 
 
-def _controls_as_text(engine: HybridEngine, steps: Generator[Feed, torch.Tensor, Generation]
-                      ) -> Generator[Feed, torch.Tensor, Generation]:
+def _controls_as_text(engine: HybridEngine, steps: Steps) -> Steps:
     """For a model never trained on the control tokens, feed ids of tokens it knows in their place.
 
     Their own rows sit at the mean embedding, which such a model reads as noise: it tends to end a point right
@@ -357,14 +356,17 @@ def _controls_as_text(engine: HybridEngine, steps: Generator[Feed, torch.Tensor,
     controls = torch.tensor(c.all(), device=engine.device)
     feed = next(steps)
     while True:
-        logits = yield replace(feed, ids=[as_text.get(t, t) for t in feed.ids])
-        if tied:
-            text = logits[:, [newline, eot]]  # a copy: the driver's tensor may hold other requests' rows too
-            logits = logits.clone()
-            logits[:, controls] = text[:, :1]
-            logits[:, c.branch_end] = text[:, 1]
+        if isinstance(feed, Draw):  # sampled tokens pass through: the decoder reads the control ids it drew
+            got = yield feed
+        else:
+            got = yield replace(feed, ids=[as_text.get(t, t) for t in feed.ids])
+            if tied:
+                text = got[:, [newline, eot]]  # a copy: the driver's tensor may hold other requests' rows too
+                got = got.clone()
+                got[:, controls] = text[:, :1]
+                got[:, c.branch_end] = text[:, 1]
         try:
-            feed = steps.send(logits)
+            feed = steps.send(got)
         except StopIteration as end:
             return end.value
 
