@@ -11,11 +11,12 @@ import gzip
 import json
 import sys
 
+from aspd.jsonl import iter_jsonl
+
 
 def main() -> None:
     open_req, replies, out = sys.argv[1:4]
-    with (gzip.open if replies.endswith(".gz") else open)(replies, "rt", encoding="utf-8") as f:
-        answered = {json.loads(line)["id"] for line in f}
+    answered = {obj["id"] for _, obj in iter_jsonl(replies)}
     kept = sent = 0
     with open(open_req, encoding="utf-8") as f, gzip.open(out, "wt", encoding="utf-8") as g:
         for line in f:

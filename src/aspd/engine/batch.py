@@ -215,12 +215,11 @@ class BatchEngine:
         for r, logits in zip(batch, outs, strict=True):
             self._send(r, logits)
         # Every request's sampled tokens are read with one host sync, not one per request.
-        while draws := [r for r in batch if isinstance(r._feed, Draw)]:
-            flat = torch.cat([r._feed.toks.reshape(-1) for r in draws]).tolist()  # type: ignore[union-attr]
-            for r in draws:
-                n = r._feed.toks.numel()  # type: ignore[union-attr]
-                toks, flat = flat[:n], flat[n:]
-                self._send(r, toks)
+        while draws := [(r, r._feed.toks) for r in batch if isinstance(r._feed, Draw)]:
+            flat, at = torch.cat([t.reshape(-1) for _, t in draws]).tolist(), 0
+            for r, t in draws:
+                self._send(r, flat[at : at + t.numel()])
+                at += t.numel()
 
     def _send(self, r: BatchRequest, value: torch.Tensor | list[int]) -> None:
         """Give a request its logits or its drawn tokens; keep what it asks next, or end it."""

@@ -378,7 +378,7 @@ class _Run(Stepped):
         self.emit(Event("token", stream, tok, d.push(tok)))
 
     def draw(self, logits: torch.Tensor, streams: list[Stream], banned: list[torch.Tensor | None],
-             hist: list[list[int]]) -> Generator[Draw, list[int], list[int]]:
+             hist: Sequence[Sequence[int]]) -> Generator[Draw, list[int], list[int]]:
         """Sample one token per stream; forced answer-prefix tokens take precedence on the main stream."""
         if streams == [MAIN_STREAM] and self.forced:
             return [self.forced.pop(0)]
