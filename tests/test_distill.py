@@ -34,18 +34,22 @@ def test_distill_answers_every_prompt_and_resumes(tiny_folder, tmp_path):
 
 
 def test_left_padded_batches_answer_as_one_prompt_runs_do(tiny_folder, tmp_path):
-    """Greedy answers of a batch (prompts of different lengths, left-padded) equal those of one-prompt runs."""
+    """Greedy answers of a batch (prompts of different lengths, left-padded) equal those of one-prompt runs, also
+    when generated in segments: unfinished rows rejoin the queue beside prompts that have not started."""
     prompts = tmp_path / "p.jsonl"
     write_prompts(prompts, 5)
     got = {}
-    for size in (1, 5):
+    for size, segment in ((1, 0), (5, 0), (2, 3)):
         out = tmp_path / f"b{size}.jsonl"
         assert main(["distill", "--model", str(tiny_folder), "--prompts", str(prompts), "--output", str(out),
-                     "--batch-size", str(size), "--max-new-tokens", "8", "--temperature", "0", "--device", "cpu",
-                     "--engine", "pad", "--keep-bad"]) == 0
-        got[size] = {r["id"]: r["answer"] for r in map(json.loads, out.read_text().splitlines())}
+                     "--batch-size", str(size), "--segment", str(segment), "--max-new-tokens", "8",
+                     "--temperature", "0", "--device", "cpu", "--engine", "pad", "--keep-bad"]) == 0
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert all(r["finish"] == "length" for r in rows)  # a random tiny model never ends its turn
+        got[size] = {r["id"]: r["answer"] for r in rows}
     assert len(got[1]) == 5 and all(got[1].values())
     assert got[5] == got[1]
+    assert got[2] == got[1]
 
 
 def test_distill_names_bad_line(tiny_folder, tmp_path, capsys):

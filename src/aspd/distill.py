@@ -14,7 +14,7 @@ import json
 import re
 import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -131,6 +131,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="cb: transformers' continuous batching (no repetition penalty); pad: left-padded batches "
                         "through generate; aspd: aspd's own continuous batching (serial answers, the server's "
                         "engine; a seed per prompt); auto: cb on a GPU, else pad")
+    p.add_argument("--segment", type=int, default=None, metavar="N",
+                   help="--engine pad: at most N new tokens per generate call; rows still running rejoin the queue "
+                        "and finished ones make room for waiting prompts (0: each batch runs to its longest row; "
+                        "default 128 on a GPU, 0 on the CPU, where feeding the unfinished rows again costs more)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="stop cleanly after this long (finished answers are kept; --resume continues)")
     p.add_argument("--system", default=None, metavar="TEXT|@FILE",
@@ -218,6 +222,8 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     dropped = Path(f"{out}.dropped.jsonl")
+    if args.segment is not None and args.segment < 0:
+        raise CLIError("--segment must be >= 0")
     if out.exists() and out.stat().st_size and not args.resume:
         raise CLIError(f"{out} exists; pass --resume to continue it")
     system = system_prompt(args)
@@ -237,7 +243,10 @@ def run(args: argparse.Namespace) -> int:
                 "repetition_penalty": args.repetition_penalty if engine != "cb" else 1.0,
                 "max_new_tokens": args.max_new_tokens, "seed": args.seed, "do_sample": args.temperature > 0}
     cfg = GenerationConfig(pad_token_id=pad, eos_token_id=eot, **{k: v for k, v in sampling.items() if k != "seed"})
+    if args.segment is None:
+        args.segment = 128 if model.device.type == "cuda" else 0
     meta = {"model": args.model, "prompts": args.prompts, "engine": engine, "sampling": sampling,
+            "segment": args.segment if engine == "pad" else None,
             "dtype": str(model.dtype), "device": str(model.device), "system": system, "keep_bad": args.keep_bad,
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     Path(f"{out}.meta.json").write_text(json.dumps(meta, indent=2))
@@ -280,18 +289,36 @@ Encoded = list[tuple[dict[str, Any], list[int]]]
 
 def _generate_padded(model: Any, tok: Any, encoded: Encoded, cfg: Any, args: argparse.Namespace,
                      deadline: float | None) -> Iterator[tuple[dict[str, Any], list[int]]]:
-    """Left-padded batches through `generate` (any device; the only path with a repetition penalty)."""
+    """Left-padded batches through `generate` (any device; the only path with a repetition penalty).
+
+    Each call generates at most --segment tokens. Rows that ended leave; the others go back to the front of the
+    queue with what they generated appended to their input, so waiting prompts fill the batch instead of padding
+    behind its longest row (greedy answers are unchanged: the same tokens are fed either way)."""
     import torch
 
     torch.manual_seed(args.seed)
-    for i in range(0, len(encoded), args.batch_size):
+    eos = cfg.eos_token_id
+    stops = {*(eos if isinstance(eos, list) else [eos]), cfg.pad_token_id}
+    limit = cfg.max_new_tokens
+    todo = deque((obj, ids, []) for obj, ids in encoded)  # (record, prompt ids, tokens generated so far)
+    while todo:
         if deadline is not None and time.perf_counter() > deadline:
             return
-        batch = encoded[i : i + args.batch_size]
-        padded = tok.pad({"input_ids": [ids for _, ids in batch]}, padding_side="left", return_tensors="pt")
+        batch = [todo.popleft() for _ in range(min(args.batch_size, len(todo)))]
+        room = max(limit - len(done) for _, _, done in batch)
+        padded = tok.pad({"input_ids": [ids + done for _, ids, done in batch]}, padding_side="left",
+                         return_tensors="pt")
         with torch.no_grad():
-            gen = model.generate(**padded.to(model.device), generation_config=cfg)
-        yield from zip((o for o, _ in batch), gen[:, padded["input_ids"].shape[1] :].tolist(), strict=True)
+            gen = model.generate(**padded.to(model.device), generation_config=cfg,
+                                 max_new_tokens=min(args.segment or limit, room))
+        left = []
+        for (obj, ids, done), new in zip(batch, gen[:, padded["input_ids"].shape[1] :].tolist(), strict=True):
+            row = done + new[: limit - len(done)]
+            if len(row) >= limit or any(t in stops for t in new):
+                yield obj, row
+            else:
+                left.append((obj, ids, row))
+        todo.extendleft(reversed(left))
 
 
 def _generate_aspd(model: Any, tok: Any, encoded: Encoded, cfg: Any, args: argparse.Namespace,
