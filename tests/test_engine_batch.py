@@ -127,6 +127,31 @@ def test_a_step_reads_every_requests_tokens_with_one_host_sync(monkeypatch):
     assert max(n for wide, n in per_step if wide == 4) == 1, per_step
 
 
+def test_a_step_samples_every_greedy_request_with_one_argmax(monkeypatch):
+    """Requests that sample alike are sampled together: one argmax per step for the three greedy requests, one
+    for the fourth (greedy with a repetition penalty), not one each."""
+    eng = engine("qwen2", bucketed=False)
+    batch = BatchEngine(eng)
+    reqs = [BatchRequest(**s) for s in mixed(eng)]
+    for r in reqs:
+        batch.submit(r)
+    calls, argmax = [0], torch.Tensor.argmax
+
+    def counted(t: torch.Tensor, *a, **k):
+        calls[0] += 1
+        return argmax(t, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "argmax", counted)
+    per_step = []
+    while batch.busy:
+        wide = len(batch.running) + len(batch.waiting)
+        calls[0] = 0
+        batch.step()
+        per_step.append((wide, calls[0]))
+    assert all(r.done and r.error is None for r in reqs)
+    assert max(n for wide, n in per_step if wide == 4) == 2, per_step
+
+
 def test_same_re_and_predict_positions_are_per_request():
     for pos_mode, kw in (("same-re", {}), ("predict", {"predicted_length": 3, "predict_scale": 2})):
         eng = engine("llama", bucketed=False, mask_mode="shared", pos_mode=pos_mode, **kw)

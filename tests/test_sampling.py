@@ -50,3 +50,39 @@ def test_greedy_respects_bans_and_the_penalty_flips_the_choice():
     out = apply_repetition_penalty(logits, seen, 1.2)
     assert torch.allclose(out, torch.tensor([[2.0 / 1.2, 1.9, -1.2, 0.5]]))  # positive / p, negative * p
     assert sample(logits, SamplingParams(repetition_penalty=1.2), seen=seen).item() == 1
+
+
+def test_many_draws_sampled_together_get_what_each_gets_alone():
+    """sample_many groups draws that sample alike (one set of kernels); each still gets its own tokens: greedy
+    ones with their bans and penalties, sampled ones with their own generators."""
+    from aspd.engine.sampling import Pending, sample_many
+
+    torch.manual_seed(0)
+    vocab = 50
+    hot = SamplingParams(temperature=0.9, top_k=10, top_p=0.9)
+    hot_pen = SamplingParams(temperature=0.9, top_k=10, top_p=0.9, repetition_penalty=1.3)
+    specs = [(SamplingParams(), False, True), (SamplingParams(), True, False), (hot, False, True), (hot, False, False),
+             (hot_pen, True, True), (SamplingParams(temperature=0.5), False, False), (hot, True, True)]
+
+    def gen(seed: int) -> torch.Generator:
+        return torch.Generator().manual_seed(seed)
+
+    def draws():
+        out = []
+        for i, (sp, penal, ban) in enumerate(specs):
+            n = 1 + i % 3
+            logits = torch.randn(n, vocab, generator=gen(100 + i))
+            seen = torch.rand(n, vocab, generator=gen(200 + i)) < 0.3 if penal else None
+            banned = torch.rand(n, vocab, generator=gen(300 + i)) < 0.2 if ban else None
+            gens = None if sp.greedy else (gen(i) if i % 2 else [gen(i * 10 + r) for r in range(n)])
+            out.append(Pending(logits, sp, gens, seen, banned))
+        return out
+
+    alone = [sample(d.logits, d.params, d.generators, d.seen, d.banned) for d in draws()]
+    together = sample_many(draws())
+    assert [t.tolist() for t in together] == [a.tolist() for a in alone]
+    assert [len(t) for t in together] == [1 + i % 3 for i in range(len(specs))]
+    # Banned tokens are never drawn, sampled or not.
+    for d, t in zip(draws(), together, strict=True):
+        if d.banned is not None:
+            assert not d.banned[torch.arange(len(t)), t].any()

@@ -37,7 +37,7 @@ import torch
 
 from aspd.engine.core import STEPPED, Draw, Feed, HybridEngine, Steps
 from aspd.engine.kv import DynamicKV, Part, Slots
-from aspd.engine.sampling import SamplingParams
+from aspd.engine.sampling import SamplingParams, sample_many
 from aspd.engine.types import Event, Generation, Limits
 from aspd.sample import Message
 
@@ -214,12 +214,13 @@ class BatchEngine:
         self.forward_seconds += time.perf_counter() - t0
         for r, logits in zip(batch, outs, strict=True):
             self._send(r, logits)
-        # Every request's sampled tokens are read with one host sync, not one per request.
-        while draws := [(r, r._feed.toks) for r in batch if isinstance(r._feed, Draw)]:
-            flat, at = torch.cat([t.reshape(-1) for _, t in draws]).tolist(), 0
-            for r, t in draws:
-                self._send(r, flat[at : at + t.numel()])
-                at += t.numel()
+        # Every request's tokens are sampled together and read with one host sync, not one per request.
+        while draws := [r for r in batch if isinstance(r._feed, Draw)]:
+            toks = sample_many([r._feed.pending for r in draws])  # type: ignore[union-attr]
+            flat, at = torch.cat(toks).tolist(), 0
+            for r, t in zip(draws, toks, strict=True):
+                self._send(r, flat[at : at + len(t)])
+                at += len(t)
 
     def _send(self, r: BatchRequest, value: torch.Tensor | list[int]) -> None:
         """Give a request its logits or its drawn tokens; keep what it asks next, or end it."""

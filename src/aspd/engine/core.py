@@ -19,7 +19,15 @@ import torch
 from aspd.attention import layer_windows, mask_dtype
 from aspd.engine.answer import AnswerBuilder
 from aspd.engine.kv import DynamicKV, Slots, StaticKV, resolve_engine
-from aspd.engine.sampling import MAIN_STREAM, BatchSampler, SamplingParams, Stream, StreamSampler
+from aspd.engine.sampling import (
+    MAIN_STREAM,
+    BatchSampler,
+    Pending,
+    SamplingParams,
+    Stream,
+    StreamSampler,
+    sample_many,
+)
 from aspd.engine.text import Detokenizer
 from aspd.engine.types import Event, Generation, Limits, Stats
 from aspd.layout import MAIN, MaskMode, PositionPlanner, PosMode
@@ -48,10 +56,11 @@ class Feed:
 
 @dataclass
 class Draw:
-    """What a stepped decoder asks after a forward: the tokens it sampled, still on the device. The driver reads
-    them and sends the list back; a batch reads every request's draws with one host sync instead of one each."""
+    """What a stepped decoder asks after a forward: tokens to sample. The driver samples them (a batch samples
+    every request's draws together, `sample_many`), reads them and sends the list back; a batch reads every
+    request's tokens with one host sync instead of one each."""
 
-    toks: torch.Tensor
+    pending: Pending
 
 
 Steps = Generator[Feed | Draw, Any, Generation]  # yields Feed (gets logits back) or Draw (gets list[int] back)
@@ -97,7 +106,7 @@ def run_alone(steps: Steps, kv: DynamicKV | Slots) -> Generation:
     while True:
         try:
             if isinstance(feed, Draw):
-                feed = steps.send(feed.toks.tolist())
+                feed = steps.send(sample_many([feed.pending])[0].tolist())
             else:
                 feed = steps.send(kv.feed(feed.ids, feed.pos, feed.grp, feed.br, feed.rows))
         except StopIteration as done:
@@ -388,7 +397,7 @@ class _Run(Stepped):
                 ban = banned[0][None].expand(len(banned), -1)  # type: ignore[index]
             else:
                 ban = torch.stack([b if b is not None else torch.zeros_like(self.e._ban_serial) for b in banned])
-        return (yield Draw(self.sampler.draw(logits, streams, ban, hist)))
+        return (yield Draw(self.sampler.prepare(logits, streams, ban, hist)))
 
     # ---------------------------------------------------------------- main loop
 

@@ -202,7 +202,7 @@ class PastaRun(Stepped):
         """One token per live stream, one batched draw; forced answer-prefix tokens replace the main stream's."""
         e, tg = self.e, self.tags
         bans = torch.stack([self.ban(s) for s in live])
-        toks = yield Draw(self.sampler.draw(logits, [s.key for s in live], bans, [s.hist for s in live]))
+        toks = yield Draw(self.sampler.prepare(logits, [s.key for s in live], bans, [s.hist for s in live]))
         for s, tok in zip(live, toks, strict=True):
             if s.sid == 0 and self.forced:
                 tok = self.forced.pop(0)

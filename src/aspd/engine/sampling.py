@@ -52,6 +52,17 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
 
 
+@dataclass
+class Pending:
+    """One decoder's draw, ready to sample: logits [n, V], and what each row's history and rules made of them."""
+
+    logits: torch.Tensor
+    params: SamplingParams
+    generators: Sequence[torch.Generator] | torch.Generator | None = None
+    seen: torch.Tensor | None = None  # [n, V] bool: each row's history (repetition penalty)
+    banned: torch.Tensor | None = None  # [n, V] bool: tokens the stream may not emit
+
+
 def sample(
     logits: torch.Tensor,
     params: SamplingParams,
@@ -61,30 +72,73 @@ def sample(
 ) -> torch.Tensor:
     """Next token per row of logits [N, V]. `seen` [N, V] bool marks each row's history (repetition penalty);
     `banned` [N, V] bool masks tokens the stream may not emit. `generators`: one per row, or one for all rows."""
-    logits = logits.float()
-    if seen is not None:
-        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
-    if banned is not None:
-        logits = logits.masked_fill(banned, float("-inf"))
-    if params.greedy:
-        return logits.argmax(-1)
-    logits = logits / params.temperature
+    return sample_many([Pending(logits, params, generators, seen, banned)])[0]
+
+
+def sample_many(draws: Sequence[Pending]) -> list[torch.Tensor]:
+    """The next tokens of many draws (a batch's requests): draws that sample alike (greedy; or the same
+    temperature, top-k and top-p) go through one set of kernels, and only the random pick runs per draw, with
+    its own generators. Every step is row by row, so a draw gets the tokens it gets sampled alone."""
+    out: list[torch.Tensor | None] = [None] * len(draws)
+    alike: dict[tuple[float, int, float, float], list[int]] = {}
+    for i, d in enumerate(draws):
+        p = d.params
+        how = (0.0, 0, 1.0) if p.greedy else (p.temperature, p.top_k, p.top_p)
+        alike.setdefault((*how, p.repetition_penalty if d.seen is not None else 1.0), []).append(i)
+    for (temperature, top_k, top_p, penalty), idx in alike.items():
+        group = [draws[i] for i in idx]
+        logits = torch.cat([d.logits for d in group]).float() if len(group) > 1 else group[0].logits.float()
+        if penalty != 1.0:  # every draw of the group has its history
+            logits = apply_repetition_penalty(logits, _cat([d.seen for d in group]), penalty)  # type: ignore[misc]
+        if any(d.banned is not None for d in group):
+            logits = logits.masked_fill(_cat([d.banned if d.banned is not None else torch.zeros(
+                len(d.logits), logits.shape[-1], dtype=torch.bool, device=logits.device) for d in group]),
+                float("-inf"))
+        if temperature == 0:
+            picks = logits.argmax(-1)
+        else:
+            picks = _sample_rows(logits, temperature, top_k, top_p, group)
+        for (at, d), i in zip(_offsets(group), idx, strict=True):
+            out[i] = picks[at : at + len(d.logits)]
+    return out  # type: ignore[return-value]
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def _offsets(group: Sequence[Pending]) -> list[tuple[int, Pending]]:
+    at, out = 0, []
+    for d in group:
+        out.append((at, d))
+        at += len(d.logits)
+    return out
+
+
+def _sample_rows(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+                 group: Sequence[Pending]) -> torch.Tensor:
+    logits = logits / temperature
     # Work on the candidates only: the top-k (sorted), or the whole vocabulary sorted when top-p alone is set.
-    if params.top_k > 0:
-        logits, order = torch.topk(logits, min(params.top_k, logits.shape[-1]), dim=-1)
-    elif params.top_p < 1.0:
+    if top_k > 0:
+        logits, order = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1)
+    elif top_p < 1.0:
         logits, order = torch.sort(logits, descending=True, dim=-1)
     else:
         order = None
-    if params.top_p < 1.0:
+    if top_p < 1.0:
         probs = logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs > params.top_p  # keep the smallest set reaching top_p
+        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest set reaching top_p
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(-1)
-    if generators is None or isinstance(generators, torch.Generator):
-        pick = torch.multinomial(probs, 1, generator=generators)
-    else:
-        pick = torch.cat([torch.multinomial(probs[i : i + 1], 1, generator=generators[i]) for i in range(len(probs))])
+    picks = []
+    for at, d in _offsets(group):  # the random draw per decoder: its generators, its rows
+        rows, gens = probs[at : at + len(d.logits)], d.generators
+        if gens is None or isinstance(gens, torch.Generator):
+            picks.append(torch.multinomial(rows, 1, generator=gens))
+        else:
+            picks.append(torch.cat([torch.multinomial(rows[i : i + 1], 1, generator=gens[i])
+                                    for i in range(len(rows))]))
+    pick = _cat(picks)
     return (pick if order is None else order.gather(-1, pick)).squeeze(-1)
 
 
@@ -102,8 +156,8 @@ class StreamSampler:
         self.sp, self.vocab, self.device = params, vocab, device
         self.gens: dict[Stream, torch.Generator] = {}
 
-    def draw(self, logits: torch.Tensor, streams: Sequence[Stream], banned: torch.Tensor | None,
-             hists: Sequence[Sequence[int]]) -> torch.Tensor:
+    def prepare(self, logits: torch.Tensor, streams: Sequence[Stream], banned: torch.Tensor | None,
+                hists: Sequence[Sequence[int]]) -> Pending:
         gens = None
         if not self.sp.greedy:
             gens = [self.gens.setdefault(s, stream_generator(self.sp.seed, s, self.device)) for s in streams]
@@ -112,7 +166,7 @@ class StreamSampler:
             seen = torch.zeros(len(hists), self.vocab, dtype=torch.bool, device=self.device)
             for row, h in enumerate(hists):
                 seen[row, torch.tensor(list(h), dtype=torch.long, device=self.device)] = True
-        return sample(logits, self.sp, gens, seen, banned)
+        return Pending(logits, self.sp, gens, seen, banned)
 
 
 class BatchSampler:
@@ -163,9 +217,10 @@ class BatchSampler:
         self.seen[row] = self.seen[prow]
         self.rows[child] = (row, applied)
 
-    def draw(self, logits: torch.Tensor, streams: Sequence[Stream], banned: torch.Tensor | None,
-             hists: Sequence[Sequence[int]]) -> torch.Tensor:
-        """One token per stream, left on the device (the driver reads them: the step's host sync)."""
+    def prepare(self, logits: torch.Tensor, streams: Sequence[Stream], banned: torch.Tensor | None,
+                hists: Sequence[Sequence[int]]) -> Pending:
+        """One draw of a token per stream, for the driver to sample (`sample_many`, beside other requests' draws)
+        and read (the step's host sync)."""
         seen = None
         if self.penalize:
             rows, new_r, new_c = [], [], []
@@ -181,4 +236,4 @@ class BatchSampler:
             upd = upd.to(self.device, non_blocking=True)
             self.seen[upd[0, : len(new_r)], upd[1, : len(new_r)]] = True
             seen = self.seen[upd[0, len(new_r) :]]
-        return sample(logits, self.sp, self.gen, seen, banned)
+        return Pending(logits, self.sp, self.gen, seen, banned)

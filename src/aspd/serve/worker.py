@@ -187,12 +187,24 @@ class Job:
         self.cancelled = threading.Event()
         self.state = "new"  # new | waiting | running | done | cancelled
         self.started = 0.0
+        self.outbox: list[tuple[Job, tuple[str, Any]]] | None = None  # the worker's, once it takes the job
 
     def post(self, kind: str, value: Any = None) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.items.put_nowait, (kind, value))
-        except RuntimeError:  # the event loop is gone (server shutting down)
-            pass
+        if self.outbox is not None:  # the worker hands a step's items to the event loop at once
+            self.outbox.append((self, (kind, value)))
+        else:
+            _deliver(self.loop, [(self, (kind, value))])
+
+
+def _deliver(loop: asyncio.AbstractEventLoop, items: list[tuple[Job, tuple[str, Any]]]) -> None:
+    def put() -> None:
+        for job, item in items:
+            job.items.put_nowait(item)
+
+    try:
+        loop.call_soon_threadsafe(put)
+    except RuntimeError:  # the event loop is gone (server shutting down)
+        pass
 
 
 class Worker:
@@ -211,6 +223,9 @@ class Worker:
         self._lock = threading.Lock()
         self._q: queue.Queue[Job | None] = queue.Queue()
         self._jobs: set[Job] = set()  # running, for stop()
+        # Items for the event loop, handed over once per step: one wake-up of the loop for every token of every
+        # request in the step, instead of one each (which took the model thread's time under load).
+        self._outbox: list[tuple[Job, tuple[str, Any]]] = []
         self._thread = threading.Thread(target=self._loop, name="aspd-model", daemon=True)
 
     def start(self) -> None:
@@ -264,14 +279,25 @@ class Worker:
                     for r in [*self.batch.running, *self.batch.waiting]:
                         r.cancel()
                     self.batch.step()
+                    self._flush()
                     return
                 self._admit(job)
             self.batch.step()
+            self._flush()
+
+    def _flush(self) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, tuple[str, Any]]]] = {}
+        for job, item in self._outbox:
+            by_loop.setdefault(job.loop, []).append((job, item))
+        self._outbox.clear()
+        for loop, items in by_loop.items():
+            _deliver(loop, items)
 
     def _admit(self, job: Job) -> None:
         with self._lock:
             if job.state != "waiting":
                 return  # cancelled while it waited
+        job.outbox = self._outbox
         session = _Session(self.engine, job)
         r = BatchRequest(job.req.ids, job.req.mode, job.req.sampling, job.req.limits, on_event=session.on_event,
                          on_start=lambda _r: self._started(job), on_done=lambda r: self._done(job, session, r),
