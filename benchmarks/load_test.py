@@ -179,9 +179,13 @@ class InProcessDriver:
         self.warm_up()
 
     def warm_up(self) -> None:
-        """One short answer first, so that lazy setup (the cache, CUDA graphs, kernels) is not timed."""
+        """What `aspd serve` does before it listens (on a GPU, every bucket of the whole cache compiled and
+        captured), then one short answer, so that no one-time setup is timed: without the first, the first level
+        that needs a new bucket paid for capturing it."""
         from aspd.engine.types import Limits
 
+        if self.engine.device.type == "cuda":
+            self.engine.warm(self.args.max_cache_tokens)
         self.engine.generate(self.prompts[0], limits=Limits(max_new_tokens=8))
 
     async def describe(self) -> tuple[dict[str, Any], dict[str, Any]]:
