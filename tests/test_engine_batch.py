@@ -242,3 +242,42 @@ def test_batched_on_decode_attention_equals_alone_on_sdpa():
     assert widest == 4
     for ref, g in zip(refs, got, strict=True):
         same(ref, g)
+
+
+def test_the_worker_wakes_the_event_loop_once_per_step():
+    """The server's model thread hands every stream item of a step to the event loop in one call, and each job
+    still gets all of its chunks, in order, then its result."""
+    import asyncio
+
+    from aspd.serve.worker import GenRequest, Job, Worker
+
+    eng = engine("qwen2", bucketed=False)
+    specs = mixed(eng)
+
+    async def main() -> tuple[list[list[tuple[str, object]]], int, int]:
+        loop = asyncio.get_running_loop()
+        calls, real = [0], loop.call_soon_threadsafe
+
+        def counted(*a, **k):
+            calls[0] += 1
+            return real(*a, **k)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        worker = Worker(eng, max_queue=8, max_batch=4)
+        jobs = [Job(GenRequest(s["ids"], s["mode"], s["sampling"], s["limits"], stream=True), loop) for s in specs]
+        for j in jobs:
+            assert worker.submit(j)
+        worker.start()
+        items: list[list[tuple[str, object]]] = [[] for _ in jobs]
+        for j, got in zip(jobs, items, strict=True):
+            while not got or got[-1][0] == "chunk":
+                got.append(await j.items.get())
+        worker.stop()
+        return items, calls[0], worker.batch.steps
+
+    items, calls, steps = asyncio.run(main())
+    assert all(got[-1][0] == "done" and sum(k == "chunk" for k, _ in got) >= 5 for got in items)
+    assert sum(len(got) for got in items) > 2 * steps  # several items per step ...
+    assert calls <= steps + 1  # ... and one wake-up per step
+    serial = items[[s["mode"] for s in specs].index("serial")]
+    assert "".join(c.content for k, c in serial if k == "chunk") == serial[-1][1].text  # streamed = answered

@@ -76,9 +76,10 @@ def sample(
 
 
 def sample_many(draws: Sequence[Pending]) -> list[torch.Tensor]:
-    """The next tokens of many draws (a batch's requests): draws that sample alike (greedy; or the same
-    temperature, top-k and top-p) go through one set of kernels, and only the random pick runs per draw, with
-    its own generators. Every step is row by row, so a draw gets the tokens it gets sampled alone."""
+    """The next tokens of many draws (a batch's requests): draws that sample alike (greedy, or the same
+    temperature, top-k and top-p; and the same repetition penalty) go through one set of kernels, and only the
+    random pick runs per draw, with its own generators. Every step is row by row, so a draw gets the tokens it
+    gets sampled alone."""
     out: list[torch.Tensor | None] = [None] * len(draws)
     alike: dict[tuple[float, int, float, float], list[int]] = {}
     for i, d in enumerate(draws):
