@@ -103,45 +103,20 @@ def test_batched_seeded_sampling_equals_alone():
         same(ref, g)
 
 
-def test_a_step_reads_every_requests_tokens_with_one_host_sync(monkeypatch):
-    """The sampled tokens of all running requests are read back together: one `.tolist()` per step, not one each."""
+def calls_per_step(monkeypatch, sampling: SamplingParams | None, method: str) -> list[tuple[int, int]]:
+    """Run the mixed requests batched; (requests in the batch, calls of torch.Tensor.`method`) for each step."""
     eng = engine("qwen2", bucketed=False)
     batch = BatchEngine(eng)
-    reqs = [BatchRequest(**s) for s in mixed(eng, SamplingParams(temperature=0.9, seed=3))]
+    reqs = [BatchRequest(**s) for s in mixed(eng, sampling)]
     for r in reqs:
         batch.submit(r)
-    reads, tolist = [0], torch.Tensor.tolist
-
-    def counted(t: torch.Tensor):
-        reads[0] += 1
-        return tolist(t)
-
-    monkeypatch.setattr(torch.Tensor, "tolist", counted)
-    per_step = []
-    while batch.busy:
-        wide = len(batch.running) + len(batch.waiting)
-        reads[0] = 0
-        batch.step()
-        per_step.append((wide, reads[0]))
-    assert all(r.done and r.error is None for r in reqs)
-    assert max(n for wide, n in per_step if wide == 4) == 1, per_step
-
-
-def test_a_step_samples_every_greedy_request_with_one_argmax(monkeypatch):
-    """Requests that sample alike are sampled together: one argmax per step for the three greedy requests, one
-    for the fourth (greedy with a repetition penalty), not one each."""
-    eng = engine("qwen2", bucketed=False)
-    batch = BatchEngine(eng)
-    reqs = [BatchRequest(**s) for s in mixed(eng)]
-    for r in reqs:
-        batch.submit(r)
-    calls, argmax = [0], torch.Tensor.argmax
+    calls, real = [0], getattr(torch.Tensor, method)
 
     def counted(t: torch.Tensor, *a, **k):
         calls[0] += 1
-        return argmax(t, *a, **k)
+        return real(t, *a, **k)
 
-    monkeypatch.setattr(torch.Tensor, "argmax", counted)
+    monkeypatch.setattr(torch.Tensor, method, counted)
     per_step = []
     while batch.busy:
         wide = len(batch.running) + len(batch.waiting)
@@ -149,6 +124,19 @@ def test_a_step_samples_every_greedy_request_with_one_argmax(monkeypatch):
         batch.step()
         per_step.append((wide, calls[0]))
     assert all(r.done and r.error is None for r in reqs)
+    return per_step
+
+
+def test_a_step_reads_every_requests_tokens_with_one_host_sync(monkeypatch):
+    """The sampled tokens of all running requests are read back together: one `.tolist()` per step, not one each."""
+    per_step = calls_per_step(monkeypatch, SamplingParams(temperature=0.9, seed=3), "tolist")
+    assert max(n for wide, n in per_step if wide == 4) == 1, per_step
+
+
+def test_a_step_samples_every_greedy_request_with_one_argmax(monkeypatch):
+    """Requests that sample alike are sampled together: one argmax per step for the three greedy requests, one
+    for the fourth (greedy with a repetition penalty), not one each."""
+    per_step = calls_per_step(monkeypatch, None, "argmax")
     assert max(n for wide, n in per_step if wide == 4) == 2, per_step
 
 
