@@ -120,3 +120,51 @@ def test_cli_end_to_end_and_one_line_errors(tiny_folder, tmp_path: Path, capsys,
                  "--device", "cpu", "--baseline", "gpt-9"]) == 2
     err = capsys.readouterr().err
     assert "'gpt-9' answered nothing" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_debiased_preference_sees_through_a_judge_that_favours_the_first_answer():
+    """A judge that always picks the answer it reads first makes every question a tie; with the order balanced,
+    the margins still say which answer it prefers, and a lopsided split has a small sign-test p-value."""
+    from aspd.bench.pairwise import preference, sign_test
+
+    def rec(q: float, bias: float = 2.0) -> dict:  # q > 0: the judge prefers the model by q nats of log-odds
+        first = {"A": bias / 2 + q / 2, "B": -bias / 2 - q / 2, "C": -5.0}
+        second = {"A": bias / 2 - q / 2, "B": -bias / 2 + q / 2, "C": -5.0}
+        return {"turn": 1, "outcome": combine("A", "A"), "model_first": "A", "model_second": "A",
+                "logprobs_first": first, "logprobs_second": second}
+
+    margins = [0.3] * 15 + [-0.2] * 3 + [0.0] * 2
+    assert [preference(rec(q)) for q in margins] == pytest.approx(margins)
+    s = pairwise_summary([rec(q) for q in margins])["all"]
+    assert s["tie"] == 20 and s["a_verdict_share"] == 1.0  # the verdicts see only the position
+    d = s["debiased"]
+    assert (d["model"], d["baseline"], d["even"]) == (15, 3, 2) and d["model_share"] == 0.75
+    assert d["mean_log_odds"] == pytest.approx((15 * 0.3 - 3 * 0.2) / 20)
+    assert d["sign_test_p"] == pytest.approx(sign_test(15, 18)) and d["sign_test_p"] < 0.01
+    assert sign_test(9, 18) == 1.0 and sign_test(0, 0) == 1.0
+    assert sign_test(0, 3) == pytest.approx(0.25)  # 2 * (1/8)
+
+
+def test_recipes_resummarize_stored_verdicts_and_cut_control_answers(tmp_path: Path, monkeypatch, capsys):
+    """pairwise_resummarize.py adds the debiased preference to an old output from its stored likelihoods;
+    pairwise_control.py pairs every answer with its first half, cut at a line or sentence end."""
+    import runpy
+
+    recipe = Path(__file__).resolve().parents[1] / "scripts" / "recipe"
+    rec = {"id": "1", "turn": 1, "outcome": "tie", "model_first": "A", "model_second": "A",
+           "logprobs_first": {"A": -0.1, "B": -2.5, "C": -4.0}, "logprobs_second": {"A": -0.2, "B": -2.0, "C": -4.0}}
+    old = tmp_path / "pairwise.json"
+    old.write_text(json.dumps({"config": {}, "summary": {"all": {"tie": 1}}, "records": [rec]}))
+    monkeypatch.setattr("sys.argv", ["x", str(old)])
+    runpy.run_path(str(recipe / "pairwise_resummarize.py"), run_name="__main__")
+    d = json.loads(old.read_text())["summary"]["all"]["debiased"]
+    assert (d["model"], d["baseline"]) == (1, 0) and d["mean_log_odds"] == pytest.approx((2.4 - 1.8) / 2)
+
+    text = "First point here. Second point follows.\nThird line is longer than the others by far."
+    res, out = tmp_path / "results.json", tmp_path / "control.json"
+    res.write_text(json.dumps({"rows": [{**ROWS[1], "text": text}, ROWS[0]]}))  # a seq row, an aspd row
+    monkeypatch.setattr("sys.argv", ["x", str(res), "seq", str(out)])
+    runpy.run_path(str(recipe / "pairwise_control.py"), run_name="__main__")
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["label"] for r in rows] == ["seq", "seq-half"]
+    assert rows[1]["text"] == "First point here. Second point follows." and rows[1]["id"] == rows[0]["id"]

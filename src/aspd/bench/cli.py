@@ -491,12 +491,14 @@ def _cmd_pairwise(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"config": config, "summary": summary, "records": records}, indent=1,
                               ensure_ascii=False) + "\n", encoding="utf-8")
-    lines = [f"| {model} vs {baseline} | judged | win | tie | loss | win+tie | A-verdict share |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| {model} vs {baseline} | judged | win | tie | loss | win+tie | A-verdict share "
+             "| debiased: model / baseline (p) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for k, s in summary.items():
         f = lambda x: "–" if x is None else f"{x:.0%}"  # noqa: E731
+        d = s["debiased"]
         lines.append(f"| {k} | {s['judged']}/{s['pairs']} | {s['win']} | {s['tie']} | {s['loss']} | "
-                     f"{f(s['win_tie_rate'])} | {f(s['a_verdict_share'])} |")
+                     f"{f(s['win_tie_rate'])} | {f(s['a_verdict_share'])} | {d['model']} / {d['baseline']} "
+                     f"({d['sign_test_p']:.2f}) |")
     print("\n".join(lines))
     print(f"aspd: wrote {out}", file=sys.stderr)
     return 0

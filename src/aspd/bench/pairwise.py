@@ -7,10 +7,17 @@ forward per order, no parsing, no unscored rows; the price is that the judge giv
 
 A question counts as a win when the judge prefers the model in both orders, a loss when it prefers the baseline in
 both, and a tie otherwise (a tie verdict, or the two orders disagreeing: position bias), as MT-Bench does.
+
+A small judge that favours whichever answer it reads first turns nearly every question into such a tie. The
+summary therefore also gives the debiased preference of each question: half the difference of the model's
+log-odds, [[A]] against [[B]], as A and as B. A constant pull towards the first answer adds to both orders'
+log-odds of A and cancels, so its sign says which answer the judge prefers once the order is balanced, and a
+sign test over the questions says whether the split could be chance.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -119,17 +126,38 @@ def judge_pairs(model: Any, tokenizer: Any, rows: Sequence[Row], model_label: st
     return out
 
 
+def preference(rec: Row) -> float:
+    """The model's log-odds of being preferred with the order balanced (> 0: the judge prefers the model)."""
+    first, second = rec["logprobs_first"], rec["logprobs_second"]
+    return ((first["A"] - first["B"]) - (second["A"] - second["B"])) / 2
+
+
+def sign_test(k: int, n: int) -> float:
+    """Two-sided p-value of k successes in n fair coin flips."""
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(k, n - k) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
 def pairwise_summary(records: Sequence[Row]) -> dict[str, Any]:
-    """Counts and rates of win / tie / loss overall and per turn (unjudged records counted apart)."""
+    """Counts and rates of win / tie / loss overall and per turn (unjudged records counted apart), and the
+    debiased preferences (see the module's docstring)."""
     def stats(rs: Sequence[Row]) -> dict[str, Any]:
         done = [r for r in rs if r["outcome"]]
         n = len(done)
         c = {k: sum(r["outcome"] == k for r in done) for k in ("win", "tie", "loss")}
         # A-first position bias: how often the judge picks whichever answer it reads first.
         first = sum((r["model_first"] == "A") + (r["model_second"] == "A") for r in done)
+        prefs = [preference(r) for r in done]
+        model, base = sum(p > 0 for p in prefs), sum(p < 0 for p in prefs)
         return {"pairs": len(rs), "judged": n, **c,
                 "win_rate": c["win"] / n if n else None, "win_tie_rate": (c["win"] + c["tie"]) / n if n else None,
-                "a_verdict_share": first / (2 * n) if n else None}
+                "a_verdict_share": first / (2 * n) if n else None,
+                "debiased": {"model": model, "baseline": base, "even": n - model - base,
+                             "model_share": model / n if n else None,
+                             "mean_log_odds": sum(prefs) / n if n else None,
+                             "sign_test_p": sign_test(model, model + base)}}
 
     out = {"all": stats(records)}
     for t in sorted({r["turn"] for r in records}):
