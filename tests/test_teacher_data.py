@@ -35,12 +35,14 @@ def test_every_shipped_sample_flattens_to_its_answer_with_correct_markers() -> N
 
 
 def test_shipped_span_replies_reproduce_the_shipped_samples(tmp_path: Path) -> None:
-    """`aspd transform` with the rules and the shipped span replies gives back the shipped markup of every answer
-    that has a reply (the committed data is regenerated from committed files, not only from GPU outputs)."""
+    """`aspd transform` with the rules and the shipped span replies gives back the shipped markup of the answers
+    that have a reply (the committed data is regenerated from committed files, not only from GPU outputs)."""
     from aspd.cli import main
 
+    # Every third answer with a reply (2,697 of 8,090): the whole set takes 45 s on two cores.
     replies = _rows("span_replies_qwen2.5-coder-1.5b.jsonl.gz")
-    ids = {r["id"] for r in replies}
+    ids = set(sorted({r["id"] for r in replies})[::3])
+    replies = [r for r in replies if r["id"] in ids]
     answers = [r for r in _rows("answers_qwen2.5-coder-1.5b.jsonl.gz") if r["id"] in ids]
     shipped = {r["id"]: r for r in _rows("transform.jsonl.gz") if r["id"] in ids}
     assert len(answers) == len(ids) > 1_000
