@@ -252,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
     Path(f"{out}.meta.json").write_text(json.dumps(meta, indent=2))
     encoded = [(o, prompt_ids(tok, m)) for o, m in items]
     encoded.sort(key=lambda x: len(x[1]))  # similar lengths per batch: less padding
-    stops = set(eot) | {pad}
+    stops = _stops(cfg)
     t0, n_tok, n_drop = time.perf_counter(), 0, Counter()
     deadline = t0 + args.time_budget if args.time_budget else None
     gen = {"cb": _generate_cb, "aspd": _generate_aspd}.get(engine, _generate_padded)
@@ -287,6 +287,12 @@ def run(args: argparse.Namespace) -> int:
 Encoded = list[tuple[dict[str, Any], list[int]]]
 
 
+def _stops(cfg: Any) -> set[int]:
+    """The ids that end a row: an end of turn, or the padding `generate` writes after one."""
+    eos = cfg.eos_token_id
+    return {*(eos if isinstance(eos, list) else [eos]), cfg.pad_token_id}
+
+
 def _generate_padded(model: Any, tok: Any, encoded: Encoded, cfg: Any, args: argparse.Namespace,
                      deadline: float | None) -> Iterator[tuple[dict[str, Any], list[int]]]:
     """Left-padded batches through `generate` (any device; the only path with a repetition penalty).
@@ -297,8 +303,7 @@ def _generate_padded(model: Any, tok: Any, encoded: Encoded, cfg: Any, args: arg
     import torch
 
     torch.manual_seed(args.seed)
-    eos = cfg.eos_token_id
-    stops = {*(eos if isinstance(eos, list) else [eos]), cfg.pad_token_id}
+    stops = _stops(cfg)
     limit = cfg.max_new_tokens
     todo = deque((obj, ids, []) for obj, ids in encoded)  # (record, prompt ids, tokens generated so far)
     while todo:

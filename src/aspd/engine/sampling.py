@@ -88,7 +88,8 @@ def sample_many(draws: Sequence[Pending]) -> list[torch.Tensor]:
         alike.setdefault((*how, p.repetition_penalty if d.seen is not None else 1.0), []).append(i)
     for (temperature, top_k, top_p, penalty), idx in alike.items():
         group = [draws[i] for i in idx]
-        logits = torch.cat([d.logits for d in group]).float() if len(group) > 1 else group[0].logits.float()
+        spans = _offsets(group)
+        logits = _cat([d.logits for d in group]).float()
         if penalty != 1.0:  # every draw of the group has its history
             logits = apply_repetition_penalty(logits, _cat([d.seen for d in group]), penalty)  # type: ignore[misc]
         if any(d.banned is not None for d in group):
@@ -98,8 +99,8 @@ def sample_many(draws: Sequence[Pending]) -> list[torch.Tensor]:
         if temperature == 0:
             picks = logits.argmax(-1)
         else:
-            picks = _sample_rows(logits, temperature, top_k, top_p, group)
-        for (at, d), i in zip(_offsets(group), idx, strict=True):
+            picks = _sample_rows(logits, temperature, top_k, top_p, spans)
+        for (at, d), i in zip(spans, idx, strict=True):
             out[i] = picks[at : at + len(d.logits)]
     return out  # type: ignore[return-value]
 
@@ -117,7 +118,7 @@ def _offsets(group: Sequence[Pending]) -> list[tuple[int, Pending]]:
 
 
 def _sample_rows(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
-                 group: Sequence[Pending]) -> torch.Tensor:
+                 spans: Sequence[tuple[int, Pending]]) -> torch.Tensor:
     logits = logits / temperature
     # Work on the candidates only: the top-k (sorted), or the whole vocabulary sorted when top-p alone is set.
     if top_k > 0:
@@ -132,7 +133,7 @@ def _sample_rows(logits: torch.Tensor, temperature: float, top_k: int, top_p: fl
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(-1)
     picks = []
-    for at, d in _offsets(group):  # the random draw per decoder: its generators, its rows
+    for at, d in spans:  # the random draw per decoder: its generators, its rows
         rows, gens = probs[at : at + len(d.logits)], d.generators
         if gens is None or isinstance(gens, torch.Generator):
             picks.append(torch.multinomial(rows, 1, generator=gens))
