@@ -1,7 +1,7 @@
 """The decoding engine's own work per step, without the model: each cache view's forward is replaced by random
 logits, so what is timed between two forwards is the engine's sampling and bookkeeping, the part of a step that
-a faster forward does not shrink (on the H200 a compiled serial step spends 0.12 ms outside the forward, a step
-of 16 branches 0.41 ms: `results/engine_speed_gpu_decode_attention/`).
+a faster forward does not shrink (on the H200, greedy: 63 us a serial step, 109 us a step of 16 branches;
+`results/engine_overhead_gpu_smollm2-135m/`).
 
 For each N in --branches, one answer announces N titles (forced through `answer_prefix`, as engine_speed.py does)
 and decodes N branches of --branch-tokens + 8 tokens each (title prefix and end included); N = 1 is a serial
@@ -15,8 +15,11 @@ the whole answer's engine time.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import datetime as dt
+import io
 import json
+import pstats
 import shlex
 import statistics
 import sys
@@ -71,6 +74,7 @@ def run(eng: HybridEngine, args: argparse.Namespace) -> list[dict[str, Any]]:
         par: list[float] = []
         ser: list[float] = []
         answer: list[float] = []
+        forced = forced_group(eng, titles_for(eng.tokenizer, n)) if n > 1 else []  # tokenized once, untimed
         for rep in range(args.warmup + args.repeats):
             with StubForward(eng, args.device), ForwardTimer(args.device) as timer:
                 t0 = time.perf_counter()
@@ -78,8 +82,6 @@ def run(eng: HybridEngine, args: argparse.Namespace) -> list[dict[str, Any]]:
                     g = eng.generate(prompt, mode="serial", limits=Limits(max_new_tokens=args.branch_tokens),
                                      sampling=args.sampling)
                 else:
-                    titles = titles_for(eng.tokenizer, n)
-                    forced = forced_group(eng, titles)
                     cap = args.branch_tokens + 8
                     lim = Limits(max_new_tokens=len(forced) + n * cap, max_branches=n, max_branch_tokens=cap,
                                  max_groups=1)  # the budget ends with the group
@@ -115,12 +117,22 @@ def main() -> int:
     p.add_argument("--paper-sampling", action="store_true",
                    help="sample as `aspd bench speed --paper-sampling --repetition-penalty 1.05` does (default greedy)")
     p.add_argument("--out", required=True, help="path without suffix: .json and .md are written")
+    p.add_argument("--profile", action="store_true",
+                   help="then run again under cProfile and write OUT.profile.txt, by own time (where a step's "
+                        "host time goes; the profiler slows every call, so the table comes from the run before)")
     args = p.parse_args()
     args.sampling = (SamplingParams(temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.05)
                      if args.paper_sampling else SamplingParams())
     model, tok = load(args.model, args.device, "float32")
     eng = HybridEngine(model, tok, engine="fast", compile=False)
     rows = run(eng, args)
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.runcall(run, eng, args)
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(40)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out + ".profile.txt").write_text(text.getvalue())
     res = {"benchmark": "engine_overhead", "command": shlex.join(["python", *sys.argv]),
            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine_info(args.device),
            "model": args.model, "device": args.device,
