@@ -18,7 +18,6 @@ import argparse
 import cProfile
 import datetime as dt
 import io
-import json
 import pstats
 import shlex
 import statistics
@@ -30,7 +29,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_speed import ForwardTimer, forced_group, load, titles_for  # noqa: E402
+from engine_speed import ForwardTimer, forced_group, load, titles_for, write_report  # noqa: E402
 
 from aspd.bench.report import machine_info  # noqa: E402
 from aspd.engine import HybridEngine, Limits  # noqa: E402
@@ -145,10 +144,7 @@ def main() -> int:
     for r in rows:
         ser = f"{r['serial_step_us']:.1f}" if r["serial_step_us"] is not None else "-"
         lines.append(f"| {r['branches']} | {r['step_us']:.1f} | {r['steps']} | {ser} | {r['answer_ms']:.2f} |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(res, indent=1))
-    Path(args.out + ".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, res, lines)
     return 0
 
 

@@ -68,6 +68,14 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def write_report(out: str, res: dict[str, Any], lines: list[str]) -> None:
+    """OUT.json and OUT.md of a small benchmark (engine_overhead.py, sampling_ops.py), and the table printed."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out + ".json").write_text(json.dumps(res, indent=1))
+    Path(out + ".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 class ForwardTimer:
     """Wraps the cache views' `feed` (eager and fast) to record (start, seconds, tokens fed, all branch tokens?,
     cache length)."""

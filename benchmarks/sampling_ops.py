@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import shlex
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_speed import sync  # noqa: E402
+from engine_speed import sync, write_report  # noqa: E402
 
 from aspd.bench.report import machine_info  # noqa: E402
 from aspd.engine.sampling import _race  # noqa: E402
@@ -101,10 +100,7 @@ def main() -> int:
         lines.append(f"| {x['rows']} | {x['multinomial_host_us']:.1f} | {x['race_host_us']:.1f} | "
                      f"{x['topk_host_us']:.1f} | {x['draw_multinomial_us']:.1f} | {x['draw_race_us']:.1f} | "
                      f"{x['draw_greedy_us']:.1f} |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(res, indent=1))
-    Path(args.out + ".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, res, lines)
     return 0
 
 
