@@ -17,27 +17,19 @@ import json
 import random
 import statistics
 import time
-from typing import Any
+from collections.abc import Callable
 
+from aspd.bench.metrics import parallel_stats
 from aspd.engine import HybridEngine, Limits, SamplingParams
 from aspd.jsonl import iter_jsonl
-from aspd.markup import Document, Group, parse
+from aspd.markup import Document, parse
 from aspd.pipeline.convert import layout_speedup
 
 
-def shape(doc: Document, count: Any) -> tuple[float, list[int], int]:
+def shape(doc: Document, count: Callable[[str], int]) -> tuple[float, list[int], int]:
     """(DP with titles serial, branches per group, tokens) of a document."""
-    par = ser = 0
-    branches = []
-    for seg in doc.segments:
-        if isinstance(seg, Group):
-            branches.append(len(seg.branches))
-            for b in seg.branches:
-                par += count(b.text)
-                ser += count(b.title)
-        else:
-            ser += count(seg.text)
-    return par / max(par + ser, 1), branches, par + ser
+    s = parallel_stats(doc, count)  # the bench's counting: branch bodies parallel, titles serial
+    return s.parallel_tokens / max(s.total_tokens, 1), [len(g.branches) for g in doc.groups], s.total_tokens
 
 
 def main() -> None:

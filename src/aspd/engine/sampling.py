@@ -146,8 +146,8 @@ def _sample_rows(logits: torch.Tensor, temperature: float, top_k: int, top_p: fl
 def _race(probs: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
     """One draw per row from `probs` [n, K]: the argmax of p / E with E ~ Exp(1) per entry picks entry i with
     probability p_i (the exponential race; gpt-fast samples so too). On an H200 `torch.multinomial` keeps the host
-    ~100 us a call, this ~24 us (`benchmarks/results/sampling_gpu/`). E is kept above zero
-    so that a zero probability never becomes 0/0."""
+    ~100 us a call, this ~24 us (`benchmarks/results/sampling_gpu/`). E is kept above zero so that a zero
+    probability never becomes 0/0."""
     e = torch.empty_like(probs).exponential_(generator=gen).clamp_(min=torch.finfo(probs.dtype).tiny)
     return (probs / e).argmax(-1, keepdim=True)
 
