@@ -11,7 +11,10 @@
 #   train BASE RANK EPOCHS LR       start the ASPD and Seq LoRA fine-tunes of BASE in the background
 #   wait [SECONDS [BASE...]]        until every training (of BASE) has ended, or SECONDS; logs, packed adapters -> $OUT
 #   bench BASE QUESTIONS TAG        ASPD against Seq, side by side, paper sampling, NLL under the 1.5B (resumable)
-#   pairwise TAG BASE               the 1.5B judges ASPD against Seq on TAG's answers, both orders
+#                                   (RUNS="K=W ...": the pairs of several work folders at once, labels aspd-K, seq-K)
+#   pairwise TAG BASE [K]           the 1.5B judges ASPD against Seq on TAG's answers, both orders
+#   place BASE TAR...               packed adapters of `wait`, carried to a fresh machine: merged model folders in
+#                                   $W/m, where `bench` looks (the base must be converted first: `setup BASE`)
 set -euo pipefail
 # Dry run on the CPU: W=/tmp/w ASPD_CACHE=~/.cache/aspd OUT=/tmp/out MAX_STEPS=2 LIMIT=1 bash scripts/gpu/stage_models.sh ...
 export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1 ASPD_CACHE=${ASPD_CACHE:-/root/cache}
@@ -70,19 +73,34 @@ case "$step" in
     done ;;
   bench)
     base=$1 questions=$2 tag=$3 NLL_MODEL=${NLL_MODEL-qwen2.5-coder-1.5b}  # NLL_MODEL= : no NLL
-    out=$w/bench/$tag resume=()
+    out=$w/bench/$tag resume=() dir=$m models=(--model "aspd-$base" --baseline "seq-$base")
+    if [ -n "${RUNS:-}" ]; then  # RUNS="5a=/root/work5a 5b=/root/work5b": every run's pair in one process
+      dir=$w/runs models=(); mkdir -p "$dir"
+      for r in $RUNS; do
+        for v in aspd seq; do ln -sfn "${r#*=}/m/$v-$base" "$dir/$v-${r%%=*}"; done
+        models+=(--model "aspd-${r%%=*}" --baseline "seq-${r%%=*}")
+      done
+    fi
     [ -f "$out/rows.partial.jsonl" ] && resume=(--resume)
     rc=0
-    (cd "$m" && timeout "${BUDGET_S:-560}" python3 -m aspd.cli bench speed --model "aspd-$base" \
-      --baseline "seq-$base" --bench "$OLDPWD/$questions" ${LIMIT:+--limit $LIMIT} --paper-sampling \
+    (cd "$dir" && timeout "${BUDGET_S:-560}" python3 -m aspd.cli bench speed "${models[@]}" \
+      --bench "$OLDPWD/$questions" ${LIMIT:+--limit $LIMIT} --paper-sampling \
       --repetition-penalty 1.05 --max-new-tokens 512 ${NLL_MODEL:+--nll-model $NLL_MODEL} --out "$out" "${resume[@]}" \
       2>&1 | quiet | grep -v "^\[" ) || rc=$?
     mkdir -p "$OUT/$tag" && cp -r "$out/." "$OUT/$tag/"
     exit "$rc" ;;
   pairwise)
-    tag=$1 base=$2
+    tag=$1 key=${3:-$2}  # KEY: a run of RUNS (labels aspd-KEY, seq-KEY)
     aspd bench pairwise --answers "$w/bench/$tag/results.json" --judge-model qwen2.5-coder-1.5b --dtype bfloat16 \
-      --model "aspd-$base" --baseline "seq-$base" --bench-dir .xfer/data/bench 2>&1 | quiet | grep -v "^\[pairwise\]"
+      --model "aspd-$key" --baseline "seq-$key" --bench-dir .xfer/data/bench 2>&1 | quiet | grep -v "^\[pairwise\]"
     mkdir -p "$OUT/$tag" && cp "$w/bench/$tag"/pairwise_*.json "$OUT/$tag/" ;;
+  place)
+    base=$1; shift; mkdir -p "$w/art"
+    for t in "$@"; do
+      n=$(tar -tf "$t" | sed -n 1p | cut -d/ -f1); tar -C "$w/art" -xf "$t"; rm -rf "${m:?}/$n"
+      python3 -c "import sys; from pathlib import Path; from aspd.models.derived import build
+print(build(sys.argv[1], Path(sys.argv[2]), base_folder=Path(sys.argv[3]), dtype='bfloat16'))" \
+        "$w/art/$n" "$m/$n" "$ASPD_CACHE/models/$base" 2>&1 | quiet | grep -v -E "^(Loading|Writing)" || true
+    done ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
 esac

@@ -1,9 +1,10 @@
 """Median speedup of a hybrid model over its serial baseline (and its mean DP), split by whether the hybrid answer
 opened a group.
 
-Usage: python scripts/recipe/group_speedups.py RESULTS_JSON [--max-question N]
-Reads an `aspd bench speed` results.json with one hybrid and one serial spec; per question the speedup is the
-TPS ratio, as in the bench report. --max-question keeps questions 1..N (to compare runs over a shared range).
+Usage: python scripts/recipe/group_speedups.py RESULTS_JSON [--max-question N] [--pair MODEL BASELINE]
+Reads an `aspd bench speed` results.json with one hybrid and one serial spec (or, with --pair, the two labels of a
+run that holds several pairs); per question the speedup is the TPS ratio, as in the bench report. --max-question
+keeps questions 1..N (to compare runs over a shared range).
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("results")
     ap.add_argument("--max-question", type=int, default=None)
+    ap.add_argument("--pair", nargs=2, default=None, metavar=("MODEL", "BASELINE"))
     args = ap.parse_args()
     rows = json.loads(open(args.results, encoding="utf-8").read())["rows"]
+    if args.pair:
+        rows = [r for r in rows if r["label"] in args.pair]
     pairs: dict[tuple[str, int], dict[str, dict]] = {}
     for r in rows:
         if args.max_question is None or int(r["id"]) <= args.max_question:

@@ -1,7 +1,8 @@
 """Where a hybrid answer's time goes, from an `aspd bench speed` results.json: serial ms per token, and for the
 parallel stages the branch tokens per step (a group lasts as long as its longest branch) and ms per step.
 
-Usage: python scripts/recipe/step_costs.py RESULTS_JSON TOKENIZER_MODEL
+Usage: python scripts/recipe/step_costs.py RESULTS_JSON TOKENIZER_MODEL [LABEL]
+LABEL: only that model's rows (a run with several hybrid models).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from aspd.markup import parse
 def main() -> None:
     results = json.loads(open(sys.argv[1], encoding="utf-8").read())
     tok = load_tokenizer(model_folder(sys.argv[2]))
-    rows = [r for r in results["rows"] if r["mode"] == "hybrid" and r["groups"] and r["markup"]]
+    label = sys.argv[3] if len(sys.argv) > 3 else None
+    rows = [r for r in results["rows"] if r["mode"] == "hybrid" and r["groups"] and r["markup"]
+            and label in (None, r["label"])]
     branch_tokens = steps = 0
     for r in rows:
         for g in parse(r["markup"]).groups:

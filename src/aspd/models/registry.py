@@ -118,8 +118,8 @@ register(
 # Fine-tunes made by the recipe in scripts/ (docs/results/models.md): ASPD models, their Seq baselines and a PASTA
 # model, trained with the same LoRA settings on the same self-distilled, transformed samples.
 for _base, _what, _sha in (
-    ("smollm2-135m", "aspd", "36355bf4d1cafd40ffaf4f343e43fb619d6c1d45d78d6c7559896bc468086058"),
-    ("smollm2-135m", "seq", "7778c57261738638314b269546b68dd03fafb52a85be2cb1eb4f178702c76e62"),
+    ("smollm2-135m", "aspd", "537be8cf17d87b7d1aa5dd2546ac22fb540f443b890ac76252bc9c9923d93572"),
+    ("smollm2-135m", "seq", "a8a5600185c35ceb14031c6eab10eed4b3e924a8fe6bc81d16558c9b022f53a3"),
     ("qwen2.5-coder-0.5b", "aspd", "83f68dedab8f00a13b0646d8646f7a1dfb7c0a44d1ba723ae11a178fb007ad5b"),
     ("qwen2.5-coder-0.5b", "seq", "21f5b0eda82abb93649ecfd28a97e427816b006ea14422b4bb258edb0fc3096e"),
     ("smollm2-135m", "pasta", "ac8ceed7b767b6fc75ce48d5d332ae0e91e5c526a83625213d80969b576d1859"),
