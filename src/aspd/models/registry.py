@@ -123,8 +123,8 @@ for _base, _what, _sha in (
     ("qwen2.5-coder-0.5b", "aspd", "83f68dedab8f00a13b0646d8646f7a1dfb7c0a44d1ba723ae11a178fb007ad5b"),
     ("qwen2.5-coder-0.5b", "seq", "21f5b0eda82abb93649ecfd28a97e427816b006ea14422b4bb258edb0fc3096e"),
     ("smollm2-135m", "pasta", "ac8ceed7b767b6fc75ce48d5d332ae0e91e5c526a83625213d80969b576d1859"),
-    ("qwen2.5-coder-1.5b", "aspd", "9f6aadbada5a27f8db121adb6736931453bc3d6ff2b21dd39b1a8398f0f5d823"),
-    ("qwen2.5-coder-1.5b", "seq", "99b334ee886446dd83046deab38ae7785c8fb24a438750bbb3bec7939673cc2e"),
+    ("qwen2.5-coder-1.5b", "aspd", "ec94d8240b44055968421b352eee1d8075cebbffea7ab696c8ae48c997d0c606"),
+    ("qwen2.5-coder-1.5b", "seq", "1dc74c0ccbfda1563532fb78287c8572b28dfa113ff777caca5dad6b0e8ee8e3"),
 ):
     register(
         ModelSpec(
