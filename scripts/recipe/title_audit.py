@@ -2,17 +2,17 @@
 opening or closing sentence, a conclusion or summary, which depend on the other branches) and numbered generic ones
 ("Tip 1", "Step 2", which do not tell parallel branches apart).
 
-Usage: python scripts/recipe/title_audit.py TRANSFORM_JSONL_GZ
+Usage: python scripts/recipe/title_audit.py TRANSFORM.jsonl[.gz]
 """
 
 from __future__ import annotations
 
 import collections
-import gzip
 import json
 import re
 import sys
 
+from aspd.jsonl import iter_jsonl
 from aspd.markup import parse
 
 META = re.compile(r"(opening|closing|short|final|concluding)\s+(sentence|remark|paragraph)"
@@ -29,19 +29,17 @@ def label(title: str) -> str:
 def main() -> None:
     samples = meta = generic = either = 0
     seen: collections.Counter[str] = collections.Counter()
-    with gzip.open(sys.argv[1], "rt", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            if row.get("parallel") in (False, "False", None):
-                continue
-            samples += 1
-            titles = [label(b.title or "") for g in parse(row["markup"]).groups for b in g.branches]
-            m = [t for t in titles if META.search(t)]
-            g = [t for t in titles if GENERIC.match(t)]
-            meta += bool(m)
-            generic += bool(g)
-            either += bool(m or g)
-            seen.update(t.lower() for t in m + g)
+    for _, row in iter_jsonl(sys.argv[1]):
+        if not row["parallel"]:
+            continue
+        samples += 1
+        titles = [label(b.title or "") for g in parse(row["markup"]).groups for b in g.branches]
+        m = [t for t in titles if META.search(t)]
+        g = [t for t in titles if GENERIC.match(t)]
+        meta += bool(m)
+        generic += bool(g)
+        either += bool(m or g)
+        seen.update(t.lower() for t in m + g)
     print(json.dumps({"parallel_samples": samples, "with_meta_title": meta, "with_generic_title": generic,
                       "with_either": either, "top": seen.most_common(12)}, indent=1))
 
